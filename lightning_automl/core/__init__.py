@@ -1,0 +1,1 @@
+"""Torch-only parts shared by several methods (no Lightning imports here)."""

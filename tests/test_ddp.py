@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.multiprocess
+def test_ddp_two_cpu_processes_keep_replicas_identical(repo_root, tmp_path):
+    script = repo_root / "tests" / "ddp_fit_script.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["rank"] for r in reports] == [0, 1]
+    assert all(r["world_size"] == 2 and r["backend"] == "gloo" for r in reports)
+    # Each rank reads its own shard of the data, yet gradients are averaged, so the replicas agree.
+    assert reports[0]["first_batch_sum"] != reports[1]["first_batch_sum"]
+    assert reports[0]["parameters"] == reports[1]["parameters"]
+    assert reports[0]["moved"] > 0

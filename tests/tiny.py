@@ -1,0 +1,72 @@
+"""Tiny models and data for tests (importable from test modules and from helper scripts)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_automl.core.pretrained import PretrainedMixin
+
+
+class TinyNet(PretrainedMixin, nn.Module):
+    """A two-layer network with a buffer, to round-trip through the pretrained registry."""
+
+    pretrained_method = "tiny"
+
+    def __init__(self, in_features: int = 4, hidden: int = 3) -> None:
+        super().__init__()
+        self.in_features, self.hidden = in_features, hidden
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.register_buffer("scale", torch.ones(1))
+
+    def pretrained_config(self) -> dict[str, int]:
+        return {"in_features": self.in_features, "hidden": self.hidden}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) * self.scale
+
+
+class TinyClassifier(LightningModule):
+    """Linear classifier over 8 features, 3 classes, SGD."""
+
+    def __init__(self, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class TinyDataModule(LightningDataModule):
+    """64 random samples of 8 features with labels from a fixed linear rule."""
+
+    def __init__(self, batch_size: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(64, 8, generator=generator)
+        y = (x[:, :3] @ torch.randn(3, 3, generator=generator)).argmax(dim=1)
+        self.dataset = TensorDataset(x, y)
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.dataset, batch_size=self.batch_size)
