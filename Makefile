@@ -13,7 +13,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 demo: $(VENV)/.installed
 	$(BIN)/lightning-automl fit -c recipes/quickstart.yaml
 
-test: $(VENV)/.installed-dev lint
+test: $(VENV)/.installed-dev lint typecheck
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-dev

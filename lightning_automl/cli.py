@@ -13,10 +13,10 @@ import os
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-__all__ = ["main"]
+__all__ = ["build_cli", "main"]
 
 
-def main(args: ArgsType = None, run: bool = True) -> LightningCLI:
+def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     """Parse ``args`` (default: ``sys.argv``) and run the subcommand; return the CLI.
 
     Model and data are given by ``class_path`` (subclass mode), so any LightningModule and
@@ -33,3 +33,8 @@ def main(args: ArgsType = None, run: bool = True) -> LightningCLI:
         args=args,
         run=run,
     )
+
+
+def main() -> None:
+    """Entry point of the ``lightning-automl`` command."""
+    build_cli()
