@@ -1,0 +1,27 @@
+"""Lightning datamodules for the datasets the methods are trained and evaluated on.
+
+* :class:`MNISTDataModule` and :class:`DigitsDataModule`: image classification, both built on
+  :class:`TensorClassificationDataModule`.
+* :class:`PTBDataModule`: word-level Penn Treebank language modelling, with its
+  :class:`Vocabulary`.
+
+Datasets that need a download take ``data_dir`` and ``download``; a download is checked
+against known sha256 digests and raises :class:`DownloadError` when no mirror serves a good copy.
+"""
+
+from __future__ import annotations
+
+from lightning_automl.data.digits import DigitsDataModule
+from lightning_automl.data.download import DownloadError
+from lightning_automl.data.mnist import MNISTDataModule
+from lightning_automl.data.ptb import PTBDataModule, Vocabulary
+from lightning_automl.data.tensor_classification import TensorClassificationDataModule
+
+__all__ = [
+    "DigitsDataModule",
+    "DownloadError",
+    "MNISTDataModule",
+    "PTBDataModule",
+    "TensorClassificationDataModule",
+    "Vocabulary",
+]

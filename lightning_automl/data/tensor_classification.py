@@ -1,0 +1,111 @@
+"""A shared base for classification datasets that fit in memory as tensors."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_automl.data.validation import check_non_negative_int, check_positive_int
+
+__all__ = ["TensorClassificationDataModule"]
+
+
+class TensorClassificationDataModule(LightningDataModule, ABC):
+    """Train / val / test dataloaders over in-memory ``(x, y)`` tensors.
+
+    A subclass sets the class attributes ``num_classes`` and ``input_shape`` (the shape of one
+    sample) and implements :meth:`load_tensors`. :meth:`setup` loads the data once, whatever the
+    stage, and splits ``val_size`` samples off the training pool with a permutation seeded by
+    ``seed``. The train loader shuffles with its own generator seeded by ``seed``; the predict
+    loader serves the test set.
+
+    Args:
+        batch_size: Samples per batch in every loader.
+        val_size: Samples taken from the training pool for validation.
+        num_workers: Worker processes per loader (0 loads in the main process).
+        seed: Seed of the train/val split and of the train loader's shuffling.
+    """
+
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    def __init__(self, batch_size: int, val_size: int, num_workers: int, seed: int) -> None:
+        super().__init__()
+        check_positive_int("batch_size", batch_size)
+        check_non_negative_int("val_size", val_size)
+        check_non_negative_int("num_workers", num_workers)
+        check_non_negative_int("seed", seed)
+        self.batch_size = batch_size
+        self.val_size = val_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.datasets: dict[str, TensorDataset] = {}
+
+    @abstractmethod
+    def load_tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Read the data as ``(train_x, train_y, test_x, test_y)``.
+
+        ``*_x`` have shape ``(N, *input_shape)`` and ``*_y`` are int64 class ids of shape ``(N,)``;
+        ``train_*`` is the pool the validation split is taken from.
+        """
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the tensors and build the three splits; later calls (other stages) reuse them."""
+        if self.datasets:
+            return
+        train_x, train_y, test_x, test_y = self.load_tensors()
+        for name, x, y in [("train", train_x, train_y), ("test", test_x, test_y)]:
+            if tuple(x.shape[1:]) != tuple(self.input_shape) or y.shape != (len(x),):
+                raise ValueError(
+                    f"{type(self).__name__}.load_tensors() returned {name} tensors of shapes "
+                    f"{tuple(x.shape)} and {tuple(y.shape)}; expected {('N', *self.input_shape)} "
+                    "and ('N',)"
+                )
+        if self.val_size >= len(train_x):
+            raise ValueError(
+                f"val_size must be less than the {len(train_x)} training samples, "
+                f"got {self.val_size}"
+            )
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.seed))
+        val_index, train_index = order[: self.val_size], order[self.val_size :]
+        self.datasets = {
+            "train": TensorDataset(train_x[train_index], train_y[train_index]),
+            "val": TensorDataset(train_x[val_index], train_y[val_index]),
+            "test": TensorDataset(test_x, test_y),
+        }
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        """Samples per split, ``{"train": ..., "val": ..., "test": ...}`` (after :meth:`setup`)."""
+        return {split: len(self._dataset(split)) for split in ("train", "val", "test")}
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def _dataset(self, split: str) -> TensorDataset:
+        if not self.datasets:
+            raise RuntimeError(f"call {type(self).__name__}.setup() before using its {split} split")
+        return self.datasets[split]
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self._dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
