@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from shared_data import SHARED_DATA
+from torch.utils.data import DataLoader
 
 from lightning_automl.data import PTBDataModule, Vocabulary
 from lightning_automl.data.ptb import EOS, BPTTBatches, batchify, read_words
@@ -100,10 +102,32 @@ def test_bptt_batches_on_a_small_stream():
         [[3, 4, 5], [11, 12, 13]],
         [[6], [14]],
     ]
-    assert batches[2][1].tolist() == [[7], [15]]
+    assert batches.window(2)[1].tolist() == [[7], [15]]
     with pytest.raises(IndexError):
-        batches[3]
+        batches.window(3)
     assert len(BPTTBatches(torch.zeros(2, 1, dtype=torch.int64), bptt=3)) == 0
+
+
+def test_loader_workers_keep_the_window_order():
+    batches = BPTTBatches(torch.arange(40).view(2, 20), bptt=3)
+    in_process = [inputs for inputs, _ in DataLoader(batches, batch_size=None)]
+    with_workers = [inputs for inputs, _ in DataLoader(batches, batch_size=None, num_workers=2)]
+    assert len(with_workers) == len(in_process) == len(batches)
+    assert all(torch.equal(a, b) for a, b in zip(in_process, with_workers, strict=True))
+
+
+def test_ddp_ranks_read_their_own_contiguous_rows(tmp_path):
+    write_ptb(tmp_path, " ".join("abcdefghijklmnopqrstuvwxyz") + "\n", "a b c d\n", "e f g h\n")
+    whole = PTBDataModule(data_dir=str(tmp_path), batch_size=2, eval_batch_size=1)
+    whole.setup()
+    train = whole.vocab.encode(read_words(tmp_path / "ptb.train.txt"))
+    expected = batchify(train, 4)  # 2 rows for each of the 2 ranks
+    for rank in (0, 1):
+        datamodule = PTBDataModule(data_dir=str(tmp_path), batch_size=2, eval_batch_size=1)
+        datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        datamodule.setup()
+        assert torch.equal(datamodule.streams["train"], expected[2 * rank : 2 * rank + 2])
+        assert datamodule.streams["val"].shape == (1, 2)  # 5 tokens, 2 rows of 2 in all
 
 
 def write_ptb(folder, train: str, valid: str, test: str) -> None:

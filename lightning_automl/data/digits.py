@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
 from torch import Tensor
 
 from lightning_automl.data.tensor_classification import TensorClassificationDataModule
@@ -52,6 +51,8 @@ class DigitsDataModule(TensorClassificationDataModule):
 
     def load_tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Load the digits and draw the test split."""
+        from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
+
         x_array, y_array = load_digits(return_X_y=True)
         x = torch.as_tensor(x_array, dtype=torch.float32) / 16.0
         y = torch.as_tensor(y_array, dtype=torch.int64)

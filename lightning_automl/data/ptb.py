@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lightning_automl.data.download import download_missing, require_files
 from lightning_automl.data.validation import (
@@ -91,13 +91,16 @@ def batchify(tokens: Tensor, batch_size: int) -> Tensor:
     return tokens[: batch_size * length].view(batch_size, length)
 
 
-class BPTTBatches(Dataset[tuple[Tensor, Tensor]]):
+class BPTTBatches(IterableDataset[tuple[Tensor, Tensor]]):
     """Consecutive ``(inputs, targets)`` windows over a batchified stream, for truncated BPTT.
 
     Item ``i`` covers columns ``i * bptt`` onward: ``inputs`` has shape ``(batch, seq_len)``
     with ``seq_len = min(bptt, remaining - 1)``, and ``targets`` is the same window shifted one
-    token ahead. Use with ``DataLoader(batch_size=None, shuffle=False)``: the items are already
-    batches and their order carries the recurrent state from one to the next.
+    token ahead. Use with ``DataLoader(batch_size=None)``: the items are already batches and
+    their order carries the recurrent state from one to the next. It is iterable so that
+    Lightning never re-samples it (under DDP each rank gets its own rows instead, see
+    :class:`PTBDataModule`); with several loader workers, worker ``k`` of ``W`` yields windows
+    ``k, k + W, ...``, which the loader's round-robin puts back in order.
 
     Args:
         stream: Token ids of shape ``(batch, length)``, as made by :func:`batchify`.
@@ -112,7 +115,14 @@ class BPTTBatches(Dataset[tuple[Tensor, Tensor]]):
         steps = max(self.stream.size(1) - 1, 0)  # the last token is only ever a target
         return (steps + self.bptt - 1) // self.bptt
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        worker = get_worker_info()
+        first, step = (worker.id, worker.num_workers) if worker else (0, 1)
+        for index in range(first, len(self), step):
+            yield self.window(index)
+
+    def window(self, index: int) -> tuple[Tensor, Tensor]:
+        """The ``(inputs, targets)`` of window ``index``."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
         start = index * self.bptt
@@ -134,6 +144,8 @@ class PTBDataModule(LightningDataModule):
     Each split is one token stream cut into contiguous rows (``batch_size`` for train,
     ``eval_batch_size`` for val and test) and served in order, unshuffled, as
     ``(inputs, targets)`` int64 batches of shape ``(batch, seq_len)`` (see :class:`BPTTBatches`).
+    Under DDP with ``W`` processes the stream is cut into ``W`` times as many rows and each rank
+    takes its own block of them, so every rank still reads contiguous text.
 
     With ``download=True``, :meth:`prepare_data` fetches the missing files from :attr:`MIRRORS`
     and keeps each only if its sha256 is that of the standard copy.
@@ -199,10 +211,17 @@ class PTBDataModule(LightningDataModule):
         require_files(self.data_dir, self.SHA256, "Penn Treebank")
         train_words = read_words(self.data_dir / "ptb.train.txt")
         vocab = Vocabulary.from_words(train_words)
+        rank, world_size = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
+
+        def rows_of_this_rank(tokens: Tensor, rows: int) -> Tensor:
+            return batchify(tokens, rows * world_size)[rank * rows : (rank + 1) * rows]
+
         self.streams = {
-            "train": batchify(vocab.encode(train_words), self.batch_size),
-            "val": batchify(self._encode(vocab, "ptb.valid.txt"), self.eval_batch_size),
-            "test": batchify(self._encode(vocab, "ptb.test.txt"), self.eval_batch_size),
+            "train": rows_of_this_rank(vocab.encode(train_words), self.batch_size),
+            "val": rows_of_this_rank(self._encode(vocab, "ptb.valid.txt"), self.eval_batch_size),
+            "test": rows_of_this_rank(self._encode(vocab, "ptb.test.txt"), self.eval_batch_size),
         }
         self.vocab = vocab
 
@@ -230,7 +249,6 @@ class PTBDataModule(LightningDataModule):
         return DataLoader(
             BPTTBatches(self.streams[split], self.bptt),
             batch_size=None,
-            shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

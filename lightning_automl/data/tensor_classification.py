@@ -7,8 +7,9 @@ from abc import ABC, abstractmethod
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from lightning_automl.data.sampling import EpochSeededRandomSampler
 from lightning_automl.data.validation import check_non_negative_int, check_positive_int
 
 __all__ = ["TensorClassificationDataModule"]
@@ -20,8 +21,9 @@ class TensorClassificationDataModule(LightningDataModule, ABC):
     A subclass sets the class attributes ``num_classes`` and ``input_shape`` (the shape of one
     sample) and implements :meth:`load_tensors`. :meth:`setup` loads the data once, whatever the
     stage, and splits ``val_size`` samples off the training pool with a permutation seeded by
-    ``seed``. The train loader shuffles with its own generator seeded by ``seed``; the predict
-    loader serves the test set.
+    ``seed``. The train loader shuffles with an :class:`EpochSeededRandomSampler` (epoch ``e``
+    uses seed ``seed + e``, so a resumed run sees the same batches); the predict loader serves
+    the test set.
 
     Args:
         batch_size: Samples per batch in every loader.
@@ -84,28 +86,28 @@ class TensorClassificationDataModule(LightningDataModule, ABC):
         return {split: len(self._dataset(split)) for split in ("train", "val", "test")}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        train = self._dataset("train")
+        return self._loader(train, sampler=EpochSeededRandomSampler(train, self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader(self._dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader(self._dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader(self._dataset("test"))
 
     def _dataset(self, split: str) -> TensorDataset:
         if not self.datasets:
             raise RuntimeError(f"call {type(self).__name__}.setup() before using its {split} split")
         return self.datasets[split]
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: TensorDataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
-            self._dataset(split),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
