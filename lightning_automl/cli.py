@@ -13,6 +13,8 @@ import os
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
+from lightning_automl import __version__
+
 __all__ = ["build_cli", "main"]
 
 
@@ -29,7 +31,10 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "lightning_automl: learned training components."},
+        parser_kwargs={
+            "description": "lightning_automl: learned training components.",
+            "version": __version__,
+        },
         args=args,
         run=run,
     )

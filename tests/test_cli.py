@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import lightning_automl
 from lightning_automl.cli import build_cli
 from lightning_automl.models import MLPClassifier
 
@@ -19,6 +20,13 @@ def test_help_lists_the_subcommands(capsys):
     out = capsys.readouterr().out
     for subcommand in ("fit", "validate", "test", "predict"):
         assert subcommand in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["--version"])
+    assert exit_info.value.code == 0
+    assert lightning_automl.__version__ in capsys.readouterr().out
 
 
 def test_fit_help_shows_trainer_model_and_data_options(capsys):
