@@ -1,10 +1,12 @@
 """The ``lightning-automl`` command: a LightningCLI over any LightningModule and datamodule.
 
-Every job (a baseline, a learned component's meta-training, a search) is a recipe::
+Every job (a baseline, a learned component's meta-training, a search) is a recipe:
 
-    lightning-automl fit -c recipes/quickstart.yaml
-    lightning-automl fit -c recipes/mnist_mlp.yaml --trainer.max_epochs 3
-    lightning-automl fit --help
+```bash
+lightning-automl fit -c recipes/quickstart.yaml
+lightning-automl fit -c recipes/mnist_mlp.yaml --trainer.max_epochs 3
+lightning-automl fit --help
+```
 """
 
 from __future__ import annotations

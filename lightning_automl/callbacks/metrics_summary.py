@@ -22,6 +22,7 @@ class MetricsSummary(Callback):
         self.prefix = prefix
 
     def table(self, trainer: Trainer) -> str:
+        """The metrics of ``trainer.callback_metrics`` that start with ``prefix``, one a line."""
         metrics = {
             name: float(value)
             for name, value in sorted(trainer.callback_metrics.items())

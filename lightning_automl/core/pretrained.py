@@ -61,7 +61,7 @@ class PretrainedCard:
             another method's class is refused.
         config: Keyword arguments that rebuild the network: ``cls(**config)``.
         sha256: Hex digest of the weights file; checked on every load.
-        format_version: Layout version, at most :data:`FORMAT_VERSION` to be readable.
+        format_version: Layout version, at most `FORMAT_VERSION` to be readable.
         feature_spec: What the network reads (feature names, normalisation), if it matters.
         command: The command that trained it, rerunnable from the repository.
         commit: The git commit the command ran at.
@@ -108,6 +108,7 @@ class PretrainedCard:
         return cls(**data)
 
     def to_json(self) -> str:
+        """The card as the JSON text of ``NAME.json``."""
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
 
@@ -132,9 +133,7 @@ def _stem(path: str | os.PathLike[str]) -> Path:
 def list_pretrained(pattern: str = "*") -> list[PretrainedCard]:
     """Cards of the shipped components whose name matches ``pattern`` (fnmatch), sorted by name.
 
-    Example:
-        >>> [card.name for card in list_pretrained("lhopt-*")]  # doctest: +SKIP
-        ['lhopt-adamw']
+    For example ``list_pretrained("lhopt-*")`` lists the shipped LHOPT policies.
     """
     cards = (PretrainedCard.from_json(path) for path in sorted(SHIPPED_DIR.glob("*" + CARD_SUFFIX)))
     return [card for card in cards if fnmatch.fnmatchcase(card.name, pattern)]
@@ -243,7 +242,7 @@ class PretrainedMixin:
     def save_pretrained(self, path: str | os.PathLike[str], **card_fields: Any) -> PretrainedCard:
         """Save weights and card to ``PATH.safetensors`` / ``PATH.json``.
 
-        ``card_fields`` are the optional arguments of :func:`write_pretrained`.
+        ``card_fields`` are the optional arguments of `write_pretrained`.
         """
         return write_pretrained(
             path,

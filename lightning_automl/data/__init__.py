@@ -1,12 +1,12 @@
 """Lightning datamodules for the datasets the methods are trained and evaluated on.
 
-* :class:`MNISTDataModule` and :class:`DigitsDataModule`: image classification, both built on
-  :class:`TensorClassificationDataModule`.
-* :class:`PTBDataModule`: word-level Penn Treebank language modelling, with its
-  :class:`Vocabulary`.
+* `MNISTDataModule` and `DigitsDataModule`: image classification, both built on
+  `TensorClassificationDataModule`.
+* `PTBDataModule`: word-level Penn Treebank language modelling, with its
+  `Vocabulary`.
 
 Datasets that need a download take ``data_dir`` and ``download``; a download is checked
-against known sha256 digests and raises :class:`DownloadError` when no mirror serves a good copy.
+against known sha256 digests and raises `DownloadError` when no mirror serves a good copy.
 """
 
 from __future__ import annotations

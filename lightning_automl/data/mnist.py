@@ -62,7 +62,7 @@ class MNISTDataModule(TensorClassificationDataModule):
     standard deviation 0.3081; labels are int64 in 0..9. ``val_size`` images are split off the
     60,000 training images (seeded); the 10,000 test images form the test set.
 
-    With ``download=True``, :meth:`prepare_data` fetches the missing files from :attr:`MIRRORS`
+    With ``download=True``, `prepare_data` fetches the missing files from `MIRRORS`
     (tried in order) and keeps each only if the sha256 of its uncompressed content is the
     official one.
 
@@ -81,7 +81,7 @@ class MNISTDataModule(TensorClassificationDataModule):
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
     )
-    #: sha256 of each file's uncompressed content (the official digests).
+    """Base URLs tried in order by ``download=True``."""
     SHA256: ClassVar[Mapping[str, str]] = {
         "train-images-idx3-ubyte.gz": (
             "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
@@ -96,6 +96,7 @@ class MNISTDataModule(TensorClassificationDataModule):
             "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
         ),
     }
+    """sha256 of each file's uncompressed content (the official digests)."""
     MEAN = 0.1307
     STD = 0.3081
     NUM_TRAIN = 60_000

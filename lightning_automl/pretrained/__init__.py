@@ -1,10 +1,13 @@
 """Shipped learned components (package data: ``NAME.safetensors`` + ``NAME.json``).
 
-This module re-exports the registry of :mod:`lightning_automl.core.pretrained`::
+This module re-exports the registry of `lightning_automl.core.pretrained`:
 
-    from lightning_automl.pretrained import list_pretrained
-    for card in list_pretrained():
-        print(card.name, card.method, card.metrics)
+```python
+from lightning_automl.pretrained import list_pretrained
+
+for card in list_pretrained():
+    print(card.name, card.method, card.metrics)
+```
 """
 
 from lightning_automl.core.pretrained import (
