@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
-from tiny import TinyClassifier, TinyDataModule
+from lightning.pytorch import Callback, seed_everything
+from tiny import TinyClassifier, TinyDataModule, quiet_trainer
 
 
 class FirstBatch(Callback):
@@ -24,17 +24,7 @@ class FirstBatch(Callback):
 def main(out_dir: Path) -> None:
     seed_everything(0)
     first_batch = FirstBatch()
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[first_batch],
-    )
+    trainer = quiet_trainer(devices=2, strategy="ddp", max_epochs=2, callbacks=[first_batch])
     model = TinyClassifier()
     initial = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     trainer.fit(model, TinyDataModule())

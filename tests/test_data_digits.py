@@ -5,12 +5,11 @@ from unittest import mock
 
 import pytest
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import LightningModule, Trainer
 from sklearn.datasets import load_digits
-from torch import nn
+from tiny import quiet_trainer
 
 from lightning_automl.data import DigitsDataModule, TensorClassificationDataModule
+from lightning_automl.models import MLPClassifier
 
 
 @pytest.fixture(scope="module")
@@ -80,34 +79,10 @@ def test_base_class_checks_what_subclasses_load():
         WrongShape(batch_size=2, val_size=1, num_workers=0, seed=0).setup()
 
 
-class LinearClassifier(LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(64, 10)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.layer(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val/loss", F.cross_entropy(self.layer(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def test_trains_with_a_lightning_trainer(tmp_path):
-    trainer = Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(LinearClassifier(), datamodule=DigitsDataModule(batch_size=100))
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
+    model = MLPClassifier(input_dim=64, hidden_dims=[], lr=0.05)
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=100))
     assert trainer.global_step == 12  # ceil(1200 / 100)
     assert trainer.callback_metrics["val/loss"] < 2.3
 

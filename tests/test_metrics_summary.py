@@ -1,20 +1,13 @@
 from __future__ import annotations
 
 from lightning.pytorch import Trainer
+from tiny import quiet_trainer
 
 from lightning_automl.callbacks import MetricsSummary
 
 
 def test_prints_only_the_prefixed_metrics_when_fit_ends(tiny_model, tiny_data, capsys):
-    trainer = Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[MetricsSummary(prefix="val")],
-    )
+    trainer = quiet_trainer(max_epochs=1, callbacks=[MetricsSummary(prefix="val")])
     trainer.fit(tiny_model, tiny_data)
     out = capsys.readouterr().out
     assert "Metrics 'val*' after epoch 1, step 8:" in out

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny import quiet_trainer
 
 from lightning_automl.data import DigitsDataModule
 from lightning_automl.data.sampling import EpochSeededRandomSampler
@@ -14,13 +15,9 @@ from lightning_automl.models import MLPClassifier
 def fit(tmp_path, max_epochs: int, ckpt_path=None) -> MLPClassifier:
     seed_everything(0)
     model = MLPClassifier(input_dim=64, hidden_dims=[16], lr=0.01)
-    trainer = Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")],
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
+    trainer = quiet_trainer(
+        max_epochs=max_epochs, enable_checkpointing=True, callbacks=[checkpoint]
     )
     trainer.fit(model, DigitsDataModule(batch_size=100), ckpt_path=ckpt_path)
     return model

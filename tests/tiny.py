@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -70,3 +70,15 @@ class TinyDataModule(LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.dataset, batch_size=self.batch_size)
+
+
+def quiet_trainer(**kwargs) -> Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or summary, unless ``kwargs`` say."""
+    defaults = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return Trainer(**{**defaults, **kwargs})

@@ -10,26 +10,7 @@ for card in list_pretrained():
 ```
 """
 
-from lightning_automl.core.pretrained import (
-    FORMAT_VERSION,
-    SHIPPED_DIR,
-    PretrainedCard,
-    PretrainedError,
-    PretrainedMixin,
-    list_pretrained,
-    read_card,
-    read_pretrained,
-    write_pretrained,
-)
+from lightning_automl.core import pretrained as _registry
+from lightning_automl.core.pretrained import *  # noqa: F403  (the registry's public names)
 
-__all__ = [
-    "FORMAT_VERSION",
-    "SHIPPED_DIR",
-    "PretrainedCard",
-    "PretrainedError",
-    "PretrainedMixin",
-    "list_pretrained",
-    "read_card",
-    "read_pretrained",
-    "write_pretrained",
-]
+__all__ = _registry.__all__
