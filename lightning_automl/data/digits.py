@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_automl.core.validation import check_less_than, check_non_negative_int
 from lightning_automl.data.tensor_classification import TensorClassificationDataModule
-from lightning_automl.data.validation import check_less_than, check_non_negative_int
 
 __all__ = ["DigitsDataModule"]
 

@@ -12,9 +12,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from lightning_automl.core.validation import check_bool, check_less_than, check_path
 from lightning_automl.data.download import download_missing, require_files
 from lightning_automl.data.tensor_classification import TensorClassificationDataModule
-from lightning_automl.data.validation import check_bool, check_less_than, check_path
 
 __all__ = ["MNISTDataModule", "read_idx"]
 

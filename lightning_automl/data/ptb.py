@@ -12,13 +12,13 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lightning_automl.data.download import download_missing, require_files
-from lightning_automl.data.validation import (
+from lightning_automl.core.validation import (
     check_bool,
     check_non_negative_int,
     check_path,
     check_positive_int,
 )
+from lightning_automl.data.download import download_missing, require_files
 
 __all__ = ["EOS", "BPTTBatches", "PTBDataModule", "Vocabulary", "batchify", "read_words"]
 

@@ -5,25 +5,22 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import TensorDataset
 
-from lightning_automl.data.sampling import EpochSeededRandomSampler
-from lightning_automl.data.validation import check_non_negative_int, check_positive_int
+from lightning_automl.core.validation import check_non_negative_int
+from lightning_automl.data.in_memory import InMemoryDataModule
 
 __all__ = ["TensorClassificationDataModule"]
 
 
-class TensorClassificationDataModule(LightningDataModule, ABC):
+class TensorClassificationDataModule(InMemoryDataModule, ABC):
     """Train / val / test dataloaders over in-memory ``(x, y)`` tensors.
 
     A subclass sets the class attributes ``num_classes`` and ``input_shape`` (the shape of one
     sample) and implements `load_tensors`. `setup` loads the data once, whatever the
     stage, and splits ``val_size`` samples off the training pool with a permutation seeded by
-    ``seed``. The train loader shuffles with an `EpochSeededRandomSampler` (epoch ``e``
-    uses seed ``seed + e``, so a resumed run sees the same batches); the predict loader serves
-    the test set.
+    ``seed``. The loaders are those of `InMemoryDataModule`.
 
     Args:
         batch_size: Samples per batch in every loader.
@@ -36,16 +33,9 @@ class TensorClassificationDataModule(LightningDataModule, ABC):
     input_shape: tuple[int, ...]
 
     def __init__(self, batch_size: int, val_size: int, num_workers: int, seed: int) -> None:
-        super().__init__()
-        check_positive_int("batch_size", batch_size)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         check_non_negative_int("val_size", val_size)
-        check_non_negative_int("num_workers", num_workers)
-        check_non_negative_int("seed", seed)
-        self.batch_size = batch_size
         self.val_size = val_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.datasets: dict[str, TensorDataset] = {}
 
     @abstractmethod
     def load_tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -79,35 +69,3 @@ class TensorClassificationDataModule(LightningDataModule, ABC):
             "val": TensorDataset(train_x[val_index], train_y[val_index]),
             "test": TensorDataset(test_x, test_y),
         }
-
-    @property
-    def split_sizes(self) -> dict[str, int]:
-        """Samples per split, ``{"train": ..., "val": ..., "test": ...}`` (after `setup`)."""
-        return {split: len(self._dataset(split)) for split in ("train", "val", "test")}
-
-    def train_dataloader(self) -> DataLoader:
-        train = self._dataset("train")
-        return self._loader(train, sampler=EpochSeededRandomSampler(train, self.seed))
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("val"))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("test"))
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("test"))
-
-    def _dataset(self, split: str) -> TensorDataset:
-        if not self.datasets:
-            raise RuntimeError(f"call {type(self).__name__}.setup() before using its {split} split")
-        return self.datasets[split]
-
-    def _loader(self, dataset: TensorDataset, sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )

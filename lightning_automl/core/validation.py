@@ -1,7 +1,7 @@
-"""Argument checks for the datamodules: each names the argument, its value and what is allowed.
+"""Argument checks: each error names the argument, its value and what is allowed.
 
-The datamodules call these in ``__init__`` so that a bad configuration fails before any data is
-read or downloaded.
+Components call these in ``__init__`` so that a bad configuration fails before any data is read
+or any training starts. Plain Python: usable from torch-only code and from the adapters.
 """
 
 from __future__ import annotations

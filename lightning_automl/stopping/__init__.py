@@ -1,0 +1,43 @@
+"""Learning to Stop While Learning to Predict (Chen et al., ICML 2020).
+
+* `oracle_stop_distribution`, `oracle_loss` (Stage I), `stop_log_distribution` and
+  `imitation_loss` (Stage II): the stop-time math, on ``(T, B)`` per-step tensors.
+* `StopPolicy`: the default policy network ``pi_phi``.
+* `LISTA`: learned ISTA with an estimate per layer, the predictive model of LISTA-stop.
+* `ista` and `fista`: the classical baselines, with the estimate per iteration.
+* `nmse_db`: the error measure of the sparse-recovery experiment.
+"""
+
+from __future__ import annotations
+
+from lightning_automl.stopping.iterative import (
+    fista,
+    ista,
+    lasso_objective,
+    lipschitz_constant,
+    soft_threshold,
+)
+from lightning_automl.stopping.lista import LISTA
+from lightning_automl.stopping.metrics import nmse_db
+from lightning_automl.stopping.policy import StopPolicy
+from lightning_automl.stopping.stop_time import (
+    imitation_loss,
+    oracle_loss,
+    oracle_stop_distribution,
+    stop_log_distribution,
+)
+
+__all__ = [
+    "LISTA",
+    "StopPolicy",
+    "fista",
+    "imitation_loss",
+    "ista",
+    "lasso_objective",
+    "lipschitz_constant",
+    "nmse_db",
+    "oracle_loss",
+    "oracle_stop_distribution",
+    "soft_threshold",
+    "stop_log_distribution",
+]

@@ -1,0 +1,105 @@
+"""Stop-time distributions and the two stage losses of Learning to Stop (Chen et al., ICML 2020).
+
+All functions take per-step tensors laid out ``(T, B)``: step ``t`` of ``T`` for each of ``B``
+samples. Step indices are 0-based in code (the paper's ``t = 1..T``).
+
+References:
+    X. Chen, H. Dai, Y. Li, X. Gao, L. Song. Learning to Stop While Learning to Predict.
+    ICML 2020: the variational objective, its optimal (oracle) stop-time distribution, and
+    the oracle-learning (Stage I) and imitation (Stage II) steps of its training procedure.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "imitation_loss",
+    "oracle_loss",
+    "oracle_stop_distribution",
+    "stop_log_distribution",
+]
+
+
+def _check_steps(name: str, values: Tensor) -> None:
+    if values.dim() != 2 or values.size(0) < 2:
+        raise ValueError(
+            f"{name} must have shape (T, B) with T >= 2 steps, got {tuple(values.shape)}"
+        )
+
+
+def _check_beta(beta: float) -> None:
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+
+
+def oracle_stop_distribution(step_losses: Tensor, beta: float) -> Tensor:
+    """The optimal stop-time distribution for a fixed model: a softmin of the per-step losses.
+
+    ``q*(t | x, y) = softmax_t(-loss_t / beta)``, i.e. ``q* ∝ p_theta(y | t, x)^(1 / beta)``
+    when the loss is a negative log-likelihood. It needs the label, so it exists at
+    training time only.
+
+    Args:
+        step_losses: Per-sample loss after every step, shape ``(T, B)``.
+        beta: Temperature (> 0): small ``beta`` puts all mass on the best step.
+
+    Returns:
+        ``(T, B)`` probabilities; each column sums to 1.
+    """
+    _check_steps("step_losses", step_losses)
+    _check_beta(beta)
+    return torch.softmax(-step_losses / beta, dim=0)
+
+
+def oracle_loss(step_losses: Tensor, beta: float) -> Tensor:
+    """Stage I loss: ``-log sum_t exp(-loss_t / beta)``, averaged over the batch.
+
+    Minimising it over the model's parameters is the joint objective with the stop
+    distribution at its optimum ``q*``; its gradient weights each step's loss by ``q*``.
+    """
+    _check_steps("step_losses", step_losses)
+    _check_beta(beta)
+    return -torch.logsumexp(-step_losses / beta, dim=0).mean()
+
+
+def stop_log_distribution(stop_logits: Tensor) -> Tensor:
+    """``log q_phi(t)`` of the stop time induced by a sequential stop policy.
+
+    With ``pi_t = sigmoid(stop_logits[t])`` the probability of stopping at step ``t`` given
+    that no earlier step stopped, ``q_phi(t) = pi_t * prod_{tau < t} (1 - pi_tau)`` for
+    ``t < T`` and the remainder ``prod_{tau < T} (1 - pi_tau)`` at the last step, whose own
+    logit is therefore unused. Computed in log space for stability.
+
+    Args:
+        stop_logits: ``(T, B)`` logits of ``pi_t``.
+
+    Returns:
+        ``(T, B)`` log-probabilities; ``exp`` of each column sums to 1.
+    """
+    _check_steps("stop_logits", stop_logits)
+    log_stop = F.logsigmoid(stop_logits[:-1])  # (T-1, B): log pi_t
+    log_survive = torch.cumsum(F.logsigmoid(-stop_logits[:-1]), dim=0)  # log prod_{tau<=t}
+    survived_before = torch.cat([torch.zeros_like(log_survive[:1]), log_survive[:-1]])
+    return torch.cat([log_stop + survived_before, log_survive[-1:]])  # (T, B)
+
+
+def imitation_loss(oracle: Tensor, stop_logits: Tensor) -> Tensor:
+    """Stage II loss: the forward KL ``KL(q* || q_phi)``, averaged over the batch.
+
+    ``q*`` is a fixed target (detached): Stage II trains the policy alone.
+
+    Args:
+        oracle: ``(T, B)`` oracle distribution from `oracle_stop_distribution`.
+        stop_logits: ``(T, B)`` logits of the policy's ``pi_t``.
+    """
+    if oracle.shape != stop_logits.shape:
+        raise ValueError(
+            f"oracle and stop_logits must have the same (T, B) shape, got "
+            f"{tuple(oracle.shape)} and {tuple(stop_logits.shape)}"
+        )
+    target = oracle.detach()
+    divergence = torch.xlogy(target, target) - target * stop_log_distribution(stop_logits)
+    return divergence.sum(dim=0).mean()
