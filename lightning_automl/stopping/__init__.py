@@ -3,6 +3,7 @@
 * `oracle_stop_distribution`, `oracle_loss` (Stage I), `stop_log_distribution` and
   `imitation_loss` (Stage II): the stop-time math, on ``(T, B)`` per-step tensors.
 * `StopPolicy`: the default policy network ``pi_phi``.
+* `AdaptiveDepthMixin`: per-step predictions, the stage losses and batched early exit.
 * `LISTA`: learned ISTA with an estimate per layer, the predictive model of LISTA-stop.
 * `ista` and `fista`: the classical baselines, with the estimate per iteration.
 * `nmse_db`: the error measure of the sparse-recovery experiment.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin
 from lightning_automl.stopping.iterative import (
     fista,
     ista,
@@ -29,6 +31,7 @@ from lightning_automl.stopping.stop_time import (
 
 __all__ = [
     "LISTA",
+    "AdaptiveDepthMixin",
     "StopPolicy",
     "fista",
     "imitation_loss",

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin
+from lightning_automl.stopping.policy import StopPolicy
+from lightning_automl.stopping.stop_time import oracle_loss
+
+
+class FullDepthNet(AdaptiveDepthMixin, nn.Module):
+    """T tanh layers on 3 features; the prediction after each layer is its hidden state."""
+
+    num_steps = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(nn.Linear(3, 3) for _ in range(self.num_steps))
+
+    def forward_steps(self, x):
+        steps = []
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+            steps.append(x)
+        return steps
+
+    def step_loss(self, prediction, target):
+        return (prediction - target).pow(2).mean(dim=1)
+
+
+class SteppedNet(FullDepthNet):
+    """The same network, also computable one step at a time; counts the rows it computes."""
+
+    rows_computed = 0
+
+    def init_state(self, x):
+        return {"hidden": x}
+
+    def step(self, state, t):
+        hidden = torch.tanh(self.layers[t](state["hidden"]))
+        self.rows_computed += hidden.size(0)
+        return {"hidden": hidden}, hidden
+
+
+class SignPolicy(nn.Module):
+    """Stops a sample once the first feature of its prediction is positive."""
+
+    def forward(self, prediction, step, summary=None):
+        return torch.where(prediction[:, 0] > 0, 10.0, -10.0)
+
+    def step_logits(self, predictions, summary=None):
+        return torch.where(predictions[..., 0] > 0, 10.0, -10.0)
+
+
+@pytest.fixture
+def x():
+    return torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("net_class", [FullDepthNet, SteppedNet])
+def test_threshold_one_never_stops_and_equals_the_full_depth_output(net_class, x):
+    net = net_class()
+    outputs, stop_steps = net.predict_adaptive(x, StopPolicy(prediction_dim=3), threshold=1.0)
+    assert torch.equal(outputs, net.stacked_steps(x)[-1])
+    assert (stop_steps == net.num_steps - 1).all()
+
+
+def test_threshold_zero_stops_every_sample_after_the_first_step(x):
+    net = SteppedNet()
+    outputs, stop_steps = net.predict_adaptive(x, StopPolicy(prediction_dim=3), threshold=0.0)
+    assert torch.equal(outputs, net.stacked_steps(x)[0])
+    assert (stop_steps == 0).all()
+    assert net.rows_computed == len(x)  # the later steps were not computed
+
+
+def test_samples_stop_at_different_steps_and_stopped_ones_are_not_computed(x):
+    net = SteppedNet()
+    outputs, stop_steps = net.predict_adaptive(x, SignPolicy())
+    steps = net.stacked_steps(x)  # (T, B, 3)
+    assert torch.equal(outputs, steps[stop_steps, torch.arange(len(x))])
+    assert stop_steps.unique().numel() > 1
+    assert net.rows_computed == int((stop_steps + 1).sum()) < len(x) * net.num_steps
+    # without init_state/step the same stops are chosen from the full-depth predictions
+    full_outputs, full_stop_steps = FullDepthNet().predict_adaptive(x, SignPolicy())
+    assert torch.equal(full_outputs, outputs) and torch.equal(full_stop_steps, stop_steps)
+
+
+def test_stage_one_trains_the_model_on_the_oracle_loss(x):
+    net, target = FullDepthNet(), torch.zeros(64, 3)
+    loss = net.stage_one_loss(x, target, beta=0.5)
+    expected = oracle_loss(net.step_losses(net.stacked_steps(x), target), 0.5)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_stage_two_trains_the_policy_and_never_reaches_the_frozen_model(x):
+    net, policy = FullDepthNet(), StopPolicy(prediction_dim=3, hidden_dims=(8,))
+    net.stage_two_loss(x, torch.zeros(64, 3), beta=0.5, policy=policy).backward()
+    assert all(p.grad is None for p in net.parameters())
+    assert all(p.grad is not None for p in policy.parameters())
+
+
+def test_bad_models_are_refused(x):
+    class OneStep(FullDepthNet):
+        def forward_steps(self, x):
+            return [x]
+
+    class Ragged(FullDepthNet):
+        def forward_steps(self, x):
+            return [x, x[:, :2]]
+
+    class BatchMeanLoss(FullDepthNet):
+        def step_loss(self, prediction, target):
+            return (prediction - target).pow(2).mean()
+
+    with pytest.raises(ValueError, match="at least 2 per-step predictions, got 1"):
+        OneStep().stacked_steps(x)
+    with pytest.raises(ValueError, match="different shapes"):
+        Ragged().stacked_steps(x)
+    with pytest.raises(ValueError, match=r"one loss per sample, shape \(B,\) = \(64,\), got \(\)"):
+        BatchMeanLoss().stage_one_loss(x, torch.zeros(64, 3), beta=1.0)
+    with pytest.raises(ValueError, match="threshold must be in"):
+        FullDepthNet().predict_adaptive(x, SignPolicy(), threshold=1.5)
