@@ -7,12 +7,14 @@ or any training starts. Plain Python: usable from torch-only code and from the a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from numbers import Integral
 
 __all__ = [
     "check_bool",
     "check_less_than",
     "check_non_negative_int",
+    "check_number",
     "check_path",
     "check_positive_int",
 ]
@@ -46,3 +48,13 @@ def check_path(name: str, value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is a non-empty ``str`` or ``os.PathLike`` path."""
     if not isinstance(value, str | os.PathLike) or not os.fspath(value):
         raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+
+
+def check_number(name: str, value: object, allowed: str, accept: Callable[[float], bool]) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number (not a bool) that ``accept`` takes.
+
+    ``allowed`` says in words what ``accept`` takes, e.g. ``"a number in (0, 1]"``; NaN fails
+    every comparison, so it is refused by any range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not accept(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from lightning_automl.core.validation import check_positive_int
+from lightning_automl.core.validation import check_number, check_positive_int
 from lightning_automl.data.in_memory import InMemoryDataModule
 
 __all__ = ["SparseRecoveryDataModule"]
@@ -77,18 +77,8 @@ class SparseRecoveryDataModule(InMemoryDataModule):
             ("num_test", num_test),
         ]:
             check_positive_int(name, value)
-        if (
-            isinstance(sparsity, bool)
-            or not isinstance(sparsity, int | float)
-            or not 0 < sparsity <= 1
-        ):
-            raise ValueError(f"sparsity must be a number in (0, 1], got {sparsity!r}")
-        if (
-            isinstance(snr_db, bool)
-            or not isinstance(snr_db, int | float)
-            or not -math.inf < snr_db
-        ):
-            raise ValueError(f"snr_db must be a number of dB or inf, got {snr_db!r}")
+        check_number("sparsity", sparsity, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        check_number("snr_db", snr_db, "a number of dB or inf", lambda v: -math.inf < v)
         self.save_hyperparameters()
         self.m = m
         self.n = n

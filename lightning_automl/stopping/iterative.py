@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_automl.core.validation import check_positive_int
+from lightning_automl.core.validation import check_number, check_positive_int
 
 __all__ = [
     "fista",
@@ -84,12 +84,10 @@ def ista_parameters(A: Tensor, lam: float, step: float | None = None) -> tuple[T
         ValueError: An argument is invalid (the message names it).
     """
     L = lipschitz_constant(A)
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam < math.inf:
-        raise ValueError(f"lam must be a finite non-negative number, got {lam!r}")
+    check_number("lam", lam, "a finite non-negative number", lambda v: 0 <= v < math.inf)
     if step is None:
         step = 1 / L
-    elif isinstance(step, bool) or not isinstance(step, int | float) or not 0 < step < math.inf:
-        raise ValueError(f"step must be a finite positive number, got {step!r}")
+    check_number("step", step, "a finite positive number", lambda v: 0 < v < math.inf)
     return step * A.T, step * lam
 
 
