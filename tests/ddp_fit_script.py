@@ -1,18 +1,22 @@
-"""Fits TinyClassifier with 2 CPU processes (strategy="ddp", gloo); each rank writes a report.
+"""Fits a tiny model with 2 CPU processes (strategy="ddp", gloo); each rank writes a report.
 
-Run by tests/test_ddp.py as ``python tests/ddp_fit_script.py OUT_DIR``; Lightning relaunches
-this script for rank 1.
+Run by the tests as ``python tests/ddp_fit_script.py OUT_DIR [classifier|adaptive]``; Lightning
+relaunches this script for rank 1. ``adaptive`` fits TinyAdaptive with a StopPolicyCallback
+(one epoch of Stage I, one of Stage II) and reports the policy's parameters as well.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, seed_everything
-from tiny import TinyClassifier, TinyDataModule, quiet_trainer
+from tiny import TinyAdaptive, TinyClassifier, TinyDataModule, quiet_trainer
+
+from lightning_automl.stopping import StopPolicyCallback
 
 
 class FirstBatch(Callback):
@@ -21,11 +25,16 @@ class FirstBatch(Callback):
             self.first_batch_sum = float(batch[0].sum())
 
 
-def main(out_dir: Path) -> None:
+def main(out_dir: Path, which: str) -> None:
     seed_everything(0)
     first_batch = FirstBatch()
-    trainer = quiet_trainer(devices=2, strategy="ddp", max_epochs=2, callbacks=[first_batch])
-    model = TinyClassifier()
+    callbacks: list[Callback] = [first_batch]
+    model = TinyAdaptive() if which == "adaptive" else TinyClassifier()
+    if which == "adaptive":
+        torch.manual_seed(int(os.environ.get("LOCAL_RANK", 0)))  # the policies start different
+        policy = model.build_stop_policy()
+        callbacks.append(StopPolicyCallback(stage_epochs=(1, 1), beta=0.5, policy=policy))
+    trainer = quiet_trainer(devices=2, strategy="ddp", max_epochs=2, callbacks=callbacks)
     initial = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     trainer.fit(model, TinyDataModule())
     final = torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -37,8 +46,11 @@ def main(out_dir: Path) -> None:
         "parameters": final.tolist(),
         "moved": float((final - initial).abs().max()),
     }
+    if which == "adaptive":
+        policy = torch.cat([p.detach().flatten() for p in callbacks[1].policy.parameters()])
+        report["policy"] = policy.tolist()
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "classifier")

@@ -8,6 +8,8 @@ from lightning_automl.stopping.stop_time import (
     oracle_loss,
     oracle_stop_distribution,
     stop_log_distribution,
+    stop_steps,
+    variational_loss,
 )
 
 
@@ -80,6 +82,33 @@ def test_imitation_gradient_passes_finite_differences_and_never_reaches_the_orac
     assert torch.autograd.gradcheck(lambda lg: imitation_loss(oracle, lg), (logits,))
     imitation_loss(oracle, logits).backward()
     assert oracle.grad is None
+
+
+def test_variational_loss_is_expected_loss_minus_beta_entropy_and_minimal_at_the_oracle():
+    losses = torch.rand(5, 3, dtype=torch.float64) * 2
+    logits = torch.randn(5, 3, dtype=torch.float64)
+    beta = 0.3
+    q = explicit_stop_distribution(torch.sigmoid(logits))
+    expected = ((q * losses).sum(0) + beta * (q * q.log()).sum(0)).mean()
+    torch.testing.assert_close(variational_loss(losses, logits, beta), expected)
+    # min over q of E_q[loss] - beta H(q) is -beta log sum exp(-loss / beta), reached at q*
+    oracle_logits = logits_that_reproduce(oracle_stop_distribution(losses, beta))
+    at_oracle = variational_loss(losses, oracle_logits, beta)
+    torch.testing.assert_close(at_oracle, beta * oracle_loss(losses, beta))
+    assert variational_loss(losses, logits, beta) > at_oracle
+
+
+def test_variational_gradient_reaches_losses_and_logits_and_passes_finite_differences():
+    losses = torch.rand(4, 2, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: variational_loss(a, b, 0.5), (losses, logits))
+
+
+def test_stop_steps_take_the_first_step_over_the_threshold():
+    logits = torch.tensor([[-5.0, 5.0, -5.0], [5.0, 5.0, -5.0], [-5.0, -5.0, -5.0]])
+    assert stop_steps(logits).tolist() == [1, 0, 2]
+    assert stop_steps(logits, threshold=1.0).tolist() == [2, 2, 2]
+    assert stop_steps(logits, threshold=0.0).tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("beta", [0.0, -1.0])

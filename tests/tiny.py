@@ -9,6 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_automl.core.pretrained import PretrainedMixin
+from lightning_automl.data.sampling import EpochSeededRandomSampler
+from lightning_automl.stopping import AdaptiveDepthMixin, StopPolicy
 
 
 class TinyNet(PretrainedMixin, nn.Module):
@@ -54,6 +56,40 @@ class TinyClassifier(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class TinyAdaptive(AdaptiveDepthMixin, LightningModule):
+    """Three blocks (Linear, BatchNorm, dropout) over 8 features, a 3-class head after each."""
+
+    num_steps = 3
+
+    def __init__(self, lr: float = 0.1) -> None:
+        super().__init__()
+        self.lr = lr
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.1))
+            for _ in range(self.num_steps)
+        )
+        self.heads = nn.ModuleList(nn.Linear(8, 3) for _ in range(self.num_steps))
+
+    def forward_steps(self, x):
+        logits = []
+        for block, head in zip(self.blocks, self.heads, strict=True):
+            x = block(x)
+            logits.append(head(x))
+        return logits
+
+    def step_loss(self, prediction, target):
+        return F.cross_entropy(prediction, target, reduction="none")
+
+    def build_stop_policy(self):
+        return StopPolicy(prediction_dim=3, hidden_dims=(8,), step_encoding_dim=4)
+
+    def training_step(self, batch, batch_idx):
+        return self.adaptive_depth_loss(*batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
 class TinyDataModule(LightningDataModule):
     """64 random samples of 8 features with labels from a fixed linear rule."""
 
@@ -66,7 +102,8 @@ class TinyDataModule(LightningDataModule):
         self.batch_size = batch_size
 
     def train_dataloader(self):
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True)
+        sampler = EpochSeededRandomSampler(self.dataset, seed=0)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self):
         return DataLoader(self.dataset, batch_size=self.batch_size)

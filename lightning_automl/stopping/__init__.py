@@ -1,9 +1,11 @@
 """Learning to Stop While Learning to Predict (Chen et al., ICML 2020).
 
-* `oracle_stop_distribution`, `oracle_loss` (Stage I), `stop_log_distribution` and
-  `imitation_loss` (Stage II): the stop-time math, on ``(T, B)`` per-step tensors.
+* `oracle_stop_distribution`, `oracle_loss` (Stage I), `stop_log_distribution`,
+  `imitation_loss` (Stage II) and `variational_loss` (Stage III): the stop-time math, on
+  ``(T, B)`` per-step tensors.
 * `StopPolicy`: the default policy network ``pi_phi``.
 * `AdaptiveDepthMixin`: per-step predictions, the stage losses and batched early exit.
+* `StopPolicyCallback`: trains the policy and schedules the stages in a Lightning `Trainer`.
 * `LISTA`: learned ISTA with an estimate per layer, the predictive model of LISTA-stop.
 * `ista` and `fista`: the classical baselines, with the estimate per iteration.
 * `nmse_db`: the error measure of the sparse-recovery experiment.
@@ -11,7 +13,8 @@
 
 from __future__ import annotations
 
-from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin
+from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin, StopSchedule
+from lightning_automl.stopping.callback import StopPolicyCallback
 from lightning_automl.stopping.iterative import (
     fista,
     ista,
@@ -27,12 +30,15 @@ from lightning_automl.stopping.stop_time import (
     oracle_loss,
     oracle_stop_distribution,
     stop_log_distribution,
+    variational_loss,
 )
 
 __all__ = [
     "LISTA",
     "AdaptiveDepthMixin",
     "StopPolicy",
+    "StopPolicyCallback",
+    "StopSchedule",
     "fista",
     "imitation_loss",
     "ista",
@@ -43,4 +49,5 @@ __all__ = [
     "oracle_stop_distribution",
     "soft_threshold",
     "stop_log_distribution",
+    "variational_loss",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -14,9 +15,33 @@ from lightning_automl.stopping.stop_time import (
     imitation_loss,
     oracle_loss,
     oracle_stop_distribution,
+    stop_steps,
+    threshold_logit,
+    variational_loss,
 )
 
-__all__ = ["AdaptiveDepthMixin"]
+__all__ = ["AdaptiveDepthMixin", "StopSchedule"]
+
+
+class StageTerms(NamedTuple):
+    """A batch's stage loss, with what the callback logs: ``q*`` and the policy's logits."""
+
+    loss: Tensor
+    oracle: Tensor  # (T, B), detached
+    stop_logits: Tensor | None  # (T, B), detached; None in Stage I
+
+
+@dataclass
+class StopSchedule:
+    """What `StopPolicyCallback` attaches to the module: the stage, ``beta`` and the policy.
+
+    Not an ``nn.Module``, so the policy does not become a submodule of the user's model.
+    """
+
+    stage: int
+    beta: float
+    policy: StopPolicy
+    last_batch: StageTerms | None = None
 
 
 class AdaptiveDepthMixin:
@@ -34,9 +59,13 @@ class AdaptiveDepthMixin:
     dicts of tensors, batch first) and set ``num_steps``; `predict_adaptive` then drops stopped
     samples from the state, so later steps run on the active samples only. Optionally
     ``stop_summary(x)`` gives the policy a ``(B, S)`` summary of the input.
+
+    With `StopPolicyCallback`, ``training_step`` returns ``self.adaptive_depth_loss(x, y)``
+    and the callback schedules the three stages.
     """
 
     num_steps: int
+    stop_schedule: StopSchedule | None = None
 
     def forward_steps(self, x: Any) -> Tensor | Sequence[Tensor]:
         """The prediction after every step (implemented by the model)."""
@@ -74,9 +103,20 @@ class AdaptiveDepthMixin:
             )
         return losses
 
+    def build_stop_policy(self) -> StopPolicy:
+        """The policy `StopPolicyCallback` trains when it is given none (implemented by the model).
+
+        Typically ``StopPolicy(prediction_dim=..., summary_dim=...)`` sized for this model.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement build_stop_policy(): pass "
+            "StopPolicyCallback(policy=StopPolicy(prediction_dim=..., summary_dim=...)) or "
+            "implement build_stop_policy() on the model"
+        )
+
     def stage_one_loss(self, x: Any, target: Tensor, beta: float) -> Tensor:
         """Stage I (oracle model learning): `oracle_loss` of the per-step losses."""
-        return oracle_loss(self.step_losses(self.stacked_steps(x), target), beta)
+        return self._stage_loss(1, x, target, beta, None).loss
 
     def stage_two_loss(self, x: Any, target: Tensor, beta: float, policy: StopPolicy) -> Tensor:
         """Stage II (imitation): ``KL(q* || q_phi)`` with the predictive model frozen.
@@ -84,17 +124,51 @@ class AdaptiveDepthMixin:
         The model runs without gradient, so only ``policy`` is trained (a `StopPolicy`, or any
         module with the same ``forward`` and ``step_logits``).
         """
-        with torch.no_grad():
+        return self._stage_loss(2, x, target, beta, policy).loss
+
+    def stage_three_loss(self, x: Any, target: Tensor, beta: float, policy: StopPolicy) -> Tensor:
+        """Stage III (joint fine-tuning): `variational_loss`; model and policy both learn."""
+        return self._stage_loss(3, x, target, beta, policy).loss
+
+    def adaptive_depth_loss(self, x: Any, target: Tensor) -> Tensor:
+        """The loss of the stage `StopPolicyCallback` is in; return it from ``training_step``.
+
+        Stage I: `stage_one_loss`; II: `stage_two_loss`; III: `stage_three_loss`, with the
+        callback's ``beta`` and policy. The callback logs the stop steps of this batch.
+        """
+        schedule = self.stop_schedule
+        if schedule is None:
+            raise RuntimeError(
+                "adaptive_depth_loss needs a StopPolicyCallback in Trainer(callbacks=[...]); "
+                "without one, call stage_one_loss / stage_two_loss / stage_three_loss directly"
+            )
+        terms = self._stage_loss(schedule.stage, x, target, schedule.beta, schedule.policy)
+        schedule.last_batch = terms
+        return terms.loss
+
+    def _stage_loss(
+        self, stage: int, x: Any, target: Tensor, beta: float, policy: StopPolicy | None
+    ) -> StageTerms:
+        with torch.set_grad_enabled(stage != 2 and torch.is_grad_enabled()):
             predictions = self.stacked_steps(x)
-            oracle = oracle_stop_distribution(self.step_losses(predictions, target), beta)
-        stop_logits = policy.step_logits(predictions, self.stop_summary(x))
-        return imitation_loss(oracle, stop_logits)
+            step_losses = self.step_losses(predictions, target).float()  # (T, B)
+        oracle = oracle_stop_distribution(step_losses.detach(), beta)
+        if stage == 1 or policy is None:
+            return StageTerms(oracle_loss(step_losses, beta), oracle, None)
+        stop_logits = policy.step_logits(predictions, self.stop_summary(x)).float()
+        if stage == 2:
+            loss = imitation_loss(oracle, stop_logits)
+        else:
+            loss = variational_loss(step_losses, stop_logits, beta)
+        return StageTerms(loss, oracle, stop_logits.detach())
 
     @torch.no_grad()
     def predict_adaptive(
-        self, x: Any, policy: StopPolicy, threshold: float = 0.5
+        self, x: Any, policy: StopPolicy | None = None, threshold: float = 0.5
     ) -> tuple[Tensor, Tensor]:
         """Predict with a per-sample number of steps.
+
+        ``policy`` defaults to the one `StopPolicyCallback` trained for this module.
 
         A sample stops at the first step whose stop probability ``pi_t`` exceeds
         ``threshold`` (1.0: never, so every sample runs all ``T`` steps; 0.0: all stop after
@@ -104,18 +178,17 @@ class AdaptiveDepthMixin:
             The predictions ``(B, ...)`` and the 0-based step at which each sample stopped,
             ``(B,)``.
         """
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-        stop_above = torch.logit(torch.tensor(threshold, dtype=torch.float64)).item()
+        stop_above = threshold_logit(threshold)
+        if policy is None:
+            if self.stop_schedule is None:
+                raise ValueError("predict_adaptive needs a policy: none is attached to the module")
+            policy = self.stop_schedule.policy
         summary = self.stop_summary(x)
         if not hasattr(self, "init_state"):
             predictions = self.stacked_steps(x)  # (T, B, ...): no compute is saved
-            logits = policy.step_logits(predictions, summary)  # (T, B)
-            last = torch.ones_like(logits[-1:], dtype=torch.bool)  # every sample stops at T
-            stops = torch.cat([logits[:-1] > stop_above, last])
-            stop_steps = stops.float().argmax(dim=0)  # first step that stops
+            steps = stop_steps(policy.step_logits(predictions, summary), threshold)
             batch = torch.arange(predictions.size(1), device=predictions.device)
-            return predictions[stop_steps, batch], stop_steps
+            return predictions[steps, batch], steps
         return self._predict_shrinking(x, policy, summary, stop_above)
 
     def _predict_shrinking(
@@ -124,7 +197,7 @@ class AdaptiveDepthMixin:
         state, prediction = self.step(self.init_state(x), 0)  # type: ignore[attr-defined]
         batch = prediction.size(0)
         outputs = prediction.new_empty(prediction.shape)  # (B, ...)
-        stop_steps = torch.full((batch,), self.num_steps - 1, device=prediction.device)
+        stopped_at = torch.full((batch,), self.num_steps - 1, device=prediction.device)
         active = torch.arange(batch, device=prediction.device)  # samples still running
         for t in range(self.num_steps):
             if t > 0:
@@ -136,13 +209,13 @@ class AdaptiveDepthMixin:
             logits = policy(prediction, step, None if summary is None else summary[active])
             stop = logits > stop_above  # (active,)
             outputs[active[stop]] = prediction[stop]
-            stop_steps[active[stop]] = t
+            stopped_at[active[stop]] = t
             keep = ~stop
             active = active[keep]
             if active.numel() == 0:
                 break
             state = _select_samples(state, keep)
-        return outputs, stop_steps
+        return outputs, stopped_at
 
 
 def _select_samples(state: Any, keep: Tensor) -> Any:

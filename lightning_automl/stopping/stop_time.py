@@ -6,7 +6,8 @@ samples. Step indices are 0-based in code (the paper's ``t = 1..T``).
 References:
     X. Chen, H. Dai, Y. Li, X. Gao, L. Song. Learning to Stop While Learning to Predict.
     ICML 2020: the variational objective, its optimal (oracle) stop-time distribution, and
-    the oracle-learning (Stage I) and imitation (Stage II) steps of its training procedure.
+    the oracle-learning (Stage I) and imitation (Stage II) steps of its training procedure,
+    and the joint fine-tuning (Stage III) of both on the variational objective.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ __all__ = [
     "oracle_loss",
     "oracle_stop_distribution",
     "stop_log_distribution",
+    "stop_steps",
+    "threshold_logit",
+    "variational_loss",
 ]
 
 
@@ -103,3 +107,49 @@ def imitation_loss(oracle: Tensor, stop_logits: Tensor) -> Tensor:
     target = oracle.detach()
     divergence = torch.xlogy(target, target) - target * stop_log_distribution(stop_logits)
     return divergence.sum(dim=0).mean()
+
+
+def variational_loss(step_losses: Tensor, stop_logits: Tensor, beta: float) -> Tensor:
+    """Stage III loss: ``E_{t ~ q_phi}[loss_t] - beta * H(q_phi)``, averaged over the batch.
+
+    The paper's joint objective over the model and the policy (its minimum over all stop-time
+    distributions is ``beta`` times `oracle_loss`, reached at ``q*``). Gradients reach both the
+    per-step losses and the policy's logits.
+
+    Args:
+        step_losses: ``(T, B)`` per-sample loss after every step.
+        stop_logits: ``(T, B)`` logits of the policy's ``pi_t``.
+        beta: Weight of the entropy (> 0).
+    """
+    if step_losses.shape != stop_logits.shape:
+        raise ValueError(
+            f"step_losses and stop_logits must have the same (T, B) shape, got "
+            f"{tuple(step_losses.shape)} and {tuple(stop_logits.shape)}"
+        )
+    _check_beta(beta)
+    log_q = stop_log_distribution(stop_logits)
+    return (log_q.exp() * (step_losses + beta * log_q)).sum(dim=0).mean()
+
+
+def threshold_logit(threshold: float) -> float:
+    """``logit(threshold)``: ``pi_t > threshold`` exactly when the stop logit exceeds it."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    return torch.logit(torch.tensor(threshold, dtype=torch.float64)).item()
+
+
+def stop_steps(stop_logits: Tensor, threshold: float = 0.5) -> Tensor:
+    """The step each sample stops at when it stops at the first ``pi_t > threshold``.
+
+    Every sample stops at the last step ``T - 1`` at the latest (threshold 1.0: all do).
+
+    Args:
+        stop_logits: ``(T, B)`` logits of ``pi_t``.
+        threshold: Stop probability to exceed, in ``[0, 1]``.
+
+    Returns:
+        ``(B,)`` 0-based stop steps.
+    """
+    stops = stop_logits[:-1] > threshold_logit(threshold)
+    last = torch.ones_like(stops[:1])  # every sample stops at the last step
+    return torch.cat([stops, last]).float().argmax(dim=0)  # the first step that stops
