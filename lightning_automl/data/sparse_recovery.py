@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from lightning_automl.core.validation import check_number, check_positive_int
 from lightning_automl.data.in_memory import InMemoryDataModule
 
-__all__ = ["SparseRecoveryDataModule"]
+__all__ = ["SparseRecoveryDataModule", "sensing_matrix"]
 
 SPLITS = ("train", "val", "test")
 
@@ -22,6 +22,15 @@ def spawn_generators(seed: int, count: int) -> list[torch.Generator]:
         torch.Generator().manual_seed(int(child.generate_state(1, np.uint64)[0]))
         for child in np.random.SeedSequence(seed).spawn(count)
     ]
+
+
+def sensing_matrix(m: int, n: int, seed: int) -> torch.Tensor:
+    """The ``(m, n)`` Gaussian sensing matrix of ``seed``, every column scaled to unit norm.
+
+    `SparseRecoveryDataModule` with the same ``m``, ``n`` and ``seed`` uses this matrix.
+    """
+    A = torch.randn(m, n, generator=spawn_generators(seed, 1)[0])
+    return A / A.norm(dim=0)
 
 
 class SparseRecoveryDataModule(InMemoryDataModule):
@@ -85,10 +94,9 @@ class SparseRecoveryDataModule(InMemoryDataModule):
         self.sparsity = sparsity
         self.snr_db = snr_db
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        matrix_generator, *split_generators = spawn_generators(seed, 1 + len(SPLITS))
+        _, *split_generators = spawn_generators(seed, 1 + len(SPLITS))  # the first is A's
         self.generators = dict(zip(SPLITS, split_generators, strict=True))
-        A = torch.randn(m, n, generator=matrix_generator)  # (m, n)
-        self.A = A / A.norm(dim=0)
+        self.A = sensing_matrix(m, n, seed)  # (m, n)
 
     def setup(self, stage: str | None = None) -> None:
         """Draw the three splits; later calls (other stages) reuse them."""

@@ -6,9 +6,10 @@
 * `StopPolicy`: the default policy network ``pi_phi``.
 * `AdaptiveDepthMixin`: per-step predictions, the stage losses and batched early exit.
 * `StopPolicyCallback`: trains the policy and schedules the stages in a Lightning `Trainer`.
-* `LISTA`: learned ISTA with an estimate per layer, the predictive model of LISTA-stop.
+* `LISTA`: learned ISTA with an estimate per layer, the predictive model of LISTA-stop;
+  `LISTARecovery`, the `LightningModule` that trains it, with or without a stop policy.
 * `ista` and `fista`: the classical baselines, with the estimate per iteration.
-* `nmse_db`: the error measure of the sparse-recovery experiment.
+* `nmse_db` and `NMSEDecibels`: the error measure of the sparse-recovery experiment.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from lightning_automl.stopping.iterative import (
     soft_threshold,
 )
 from lightning_automl.stopping.lista import LISTA
-from lightning_automl.stopping.metrics import nmse_db
+from lightning_automl.stopping.lista_recovery import LISTARecovery
+from lightning_automl.stopping.metrics import NMSEDecibels, nmse_db
 from lightning_automl.stopping.policy import StopPolicy
 from lightning_automl.stopping.stop_time import (
     imitation_loss,
@@ -36,6 +38,8 @@ from lightning_automl.stopping.stop_time import (
 __all__ = [
     "LISTA",
     "AdaptiveDepthMixin",
+    "LISTARecovery",
+    "NMSEDecibels",
     "StopPolicy",
     "StopPolicyCallback",
     "StopSchedule",

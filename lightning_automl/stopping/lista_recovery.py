@@ -1,0 +1,126 @@
+"""`LISTARecovery`: LISTA as a `LightningModule` for sparse recovery, with or without a stop policy."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from lightning_automl.core.validation import check_number
+from lightning_automl.data.sparse_recovery import sensing_matrix
+from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin
+from lightning_automl.stopping.lista import LISTA
+from lightning_automl.stopping.metrics import NMSEDecibels
+from lightning_automl.stopping.policy import StopPolicy
+
+__all__ = ["LISTARecovery"]
+
+Batch = tuple[Tensor, Tensor]
+
+
+class LISTARecovery(AdaptiveDepthMixin, LightningModule):
+    """Recovers ``x*`` from ``y = A x* + noise`` with `LISTA` (the model of LISTA-stop).
+
+    Without a `StopPolicyCallback` it trains the usual way, on the last layer's squared error.
+    With one, ``training_step`` returns `adaptive_depth_loss`: Stage I trains every layer on the
+    softmin of the per-layer errors, Stage II a `StopPolicy` that reads the layer's estimate
+    ``x_t`` and the measurements ``y`` (so also the residual ``y - A x_t``) and the layer index.
+
+    The sensing matrix is `sensing_matrix` of ``(m, n, data_seed)``: the one
+    `SparseRecoveryDataModule` draws with the same ``m``, ``n`` and ``seed``.
+
+    Logs ``{stage}/nmse_db`` (last layer) and, once a policy is attached, ``{stage}/stop_nmse_db``
+    (each sample stopped by the policy) and ``{stage}/stop_mean_step`` (1-based), for ``val``
+    and ``test``.
+
+    Args:
+        m: Measurements per sample.
+        n: Signal length.
+        data_seed: Seed of the sensing matrix (the datamodule's ``seed``).
+        num_layers: LISTA layers `T`.
+        lam: l1 weight of the ISTA that initialises the layers.
+        tied: One step matrix and threshold shared by all layers.
+        lr: Adam learning rate.
+        policy_hidden_dims: Hidden widths of the `StopPolicy` that `build_stop_policy` returns.
+    """
+
+    def __init__(
+        self,
+        m: int = 250,
+        n: int = 500,
+        data_seed: int = 0,
+        num_layers: int = 20,
+        lam: float = 0.1,
+        tied: bool = False,
+        lr: float = 5e-4,
+        policy_hidden_dims: tuple[int, ...] = (256, 128, 16),
+    ) -> None:
+        super().__init__()
+        check_number("lr", lr, "a number > 0", lambda value: value > 0)
+        self.save_hyperparameters()
+        self.lista = LISTA(sensing_matrix(m, n, data_seed), num_layers, lam, tied)
+        self.num_steps = num_layers
+        self.nmse = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({"last": NMSEDecibels(), "stop": NMSEDecibels()})
+                for stage in ("val", "test")
+            }
+        )
+
+    def forward(self, y: Tensor) -> Tensor:
+        """The last layer's estimate, ``(B, n)``."""
+        return self.lista(y)
+
+    def forward_steps(self, y: Tensor) -> Tensor:
+        return self.lista.forward_steps(y)  # (T, B, n)
+
+    def step_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Squared error ``||x_t - x*||^2`` of each sample."""
+        return (prediction - target).pow(2).sum(dim=1)
+
+    def stop_summary(self, y: Tensor) -> Tensor:
+        return y
+
+    def build_stop_policy(self) -> StopPolicy:
+        m, n = self.lista.A.shape
+        return StopPolicy(n, m, hidden_dims=tuple(self.hparams["policy_hidden_dims"]))
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_A = getattr(datamodule, "A", None)
+        if data_A is not None and not torch.equal(data_A, self.lista.A.cpu()):
+            raise ValueError(
+                "the datamodule's sensing matrix A differs from the model's: give the model the "
+                "datamodule's m, n and seed (as m, n and data_seed)"
+            )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        y, x_star = batch
+        if self.stop_schedule is None:
+            loss = self.step_loss(self(y), x_star).mean()
+        else:
+            loss = self.adaptive_depth_loss(y, x_star)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        y, x_star = batch
+        metrics = cast(nn.ModuleDict, self.nmse[stage])
+        metrics["last"](self(y), x_star)
+        self.log(f"{stage}/nmse_db", metrics["last"], prog_bar=stage == "val")
+        if self.stop_schedule is not None and self.stop_schedule.stage > 1:
+            estimate, stopped_at = self.predict_adaptive(y)
+            metrics["stop"](estimate, x_star)
+            self.log(f"{stage}/stop_nmse_db", metrics["stop"], prog_bar=stage == "val")
+            self.log(f"{stage}/stop_mean_step", (stopped_at + 1).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])

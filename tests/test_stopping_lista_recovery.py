@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import seed_everything
+from tiny import quiet_trainer
+
+from lightning_automl.data import SparseRecoveryDataModule
+from lightning_automl.stopping import LISTARecovery, NMSEDecibels, StopPolicyCallback, nmse_db
+
+SIZES = {"m": 20, "n": 40}
+
+
+def data(**kwargs) -> SparseRecoveryDataModule:
+    sizes = {"num_train": 512, "num_val": 128, "num_test": 128, "snr_db": 40.0, **SIZES}
+    return SparseRecoveryDataModule(**{**sizes, **kwargs})
+
+
+def model(**kwargs) -> LISTARecovery:
+    return LISTARecovery(**{**SIZES, "num_layers": 4, "lr": 3e-3, **kwargs})
+
+
+def test_nmse_metric_sums_error_and_energy_before_the_ratio():
+    estimates, targets = torch.randn(2, 6, 5), torch.randn(2, 6, 5)
+    metric = NMSEDecibels()
+    for estimate, target in zip(estimates, targets, strict=True):
+        metric.update(estimate, target)
+    expected = nmse_db(estimates.flatten(0, 1), targets.flatten(0, 1))
+    assert metric.compute().item() == pytest.approx(expected)
+
+
+def test_plain_training_improves_on_the_ista_initialisation():
+    seed_everything(0)
+    lista, datamodule = model(), data()
+    trainer = quiet_trainer(max_epochs=10)
+    before = trainer.validate(lista, datamodule, verbose=False)[0]["val/nmse_db"]
+    trainer.fit(lista, datamodule)
+    after = trainer.validate(lista, datamodule, verbose=False)[0]["val/nmse_db"]
+    assert after < before - 1.0, (before, after)
+
+
+def test_with_the_callback_it_learns_to_stop_and_logs_the_stopped_error():
+    seed_everything(0)
+    lista = model()
+    trainer = quiet_trainer(max_epochs=3, callbacks=[StopPolicyCallback((2, 1), beta=0.5)])
+    trainer.fit(lista, data())
+    results = trainer.test(lista, data(), verbose=False)[0]
+    assert 1 <= results["test/stop_mean_step"] <= 4
+    assert results["test/stop_nmse_db"] < 0
+
+
+def test_a_model_built_for_another_sensing_matrix_is_refused():
+    with pytest.raises(ValueError, match="sensing matrix A differs"):
+        quiet_trainer(max_epochs=1).fit(model(data_seed=1), data(seed=0))
