@@ -1,4 +1,4 @@
-"""`LISTARecovery`: LISTA as a `LightningModule` for sparse recovery, with or without a stop policy."""
+"""`LISTARecovery`: LISTA as a `LightningModule` for sparse recovery, with or without stopping."""
 
 from __future__ import annotations
 
@@ -62,10 +62,11 @@ class LISTARecovery(AdaptiveDepthMixin, LightningModule):
         self.save_hyperparameters()
         self.lista = LISTA(sensing_matrix(m, n, data_seed), num_layers, lam, tied)
         self.num_steps = num_layers
-        self.nmse = nn.ModuleDict(
+        self.nmse = nn.ModuleDict(  # keys like val_stop_nmse_db
             {
-                stage: nn.ModuleDict({"last": NMSEDecibels(), "stop": NMSEDecibels()})
+                f"{stage}_{kind}nmse_db": NMSEDecibels()
                 for stage in ("val", "test")
+                for kind in ("", "stop_")
             }
         )
 
@@ -113,14 +114,16 @@ class LISTARecovery(AdaptiveDepthMixin, LightningModule):
 
     def _evaluate(self, batch: Batch, stage: str) -> None:
         y, x_star = batch
-        metrics = cast(nn.ModuleDict, self.nmse[stage])
-        metrics["last"](self(y), x_star)
-        self.log(f"{stage}/nmse_db", metrics["last"], prog_bar=stage == "val")
+        self._log_nmse(f"{stage}/nmse_db", self(y), x_star)
         if self.stop_schedule is not None and self.stop_schedule.stage > 1:
             estimate, stopped_at = self.predict_adaptive(y)
-            metrics["stop"](estimate, x_star)
-            self.log(f"{stage}/stop_nmse_db", metrics["stop"], prog_bar=stage == "val")
+            self._log_nmse(f"{stage}/stop_nmse_db", estimate, x_star)
             self.log(f"{stage}/stop_mean_step", (stopped_at + 1).float().mean())
+
+    def _log_nmse(self, name: str, estimate: Tensor, x_star: Tensor) -> None:
+        metric = cast(NMSEDecibels, self.nmse[name.replace("/", "_")])
+        metric(estimate, x_star)
+        self.log(name, metric, prog_bar=name.startswith("val"))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
