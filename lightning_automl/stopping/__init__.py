@@ -5,17 +5,22 @@
   ``(T, B)`` per-step tensors.
 * `StopPolicy`: the default policy network ``pi_phi``.
 * `AdaptiveDepthMixin`: per-step predictions, the stage losses and batched early exit.
+* `AdaptiveDepthModule`: the mixin on a `LightningModule` that trains plainly without the
+  callback and by its stages with it (the base of `LISTARecovery` and `EarlyExitClassifier`).
 * `StopPolicyCallback`: trains the policy and schedules the stages in a Lightning `Trainer`.
 * `LISTA`: learned ISTA with an estimate per layer, the predictive model of LISTA-stop;
   `LISTARecovery`, the `LightningModule` that trains it, with or without a stop policy.
 * `ista` and `fista`: the classical baselines, with the estimate per iteration.
+* `EarlyExitClassifier`: residual MLP blocks with a classifier head each, for early exit.
 * `nmse_db` and `NMSEDecibels`: the error measure of the sparse-recovery experiment.
 """
 
 from __future__ import annotations
 
 from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin, StopSchedule
+from lightning_automl.stopping.adaptive_depth_module import AdaptiveDepthModule
 from lightning_automl.stopping.callback import StopPolicyCallback
+from lightning_automl.stopping.early_exit import EarlyExitClassifier
 from lightning_automl.stopping.iterative import (
     fista,
     ista,
@@ -38,6 +43,8 @@ from lightning_automl.stopping.stop_time import (
 __all__ = [
     "LISTA",
     "AdaptiveDepthMixin",
+    "AdaptiveDepthModule",
+    "EarlyExitClassifier",
     "LISTARecovery",
     "NMSEDecibels",
     "StopPolicy",

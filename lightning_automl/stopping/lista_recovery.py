@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from lightning_automl.core.validation import check_number
 from lightning_automl.data.sparse_recovery import sensing_matrix
-from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin
+from lightning_automl.stopping.adaptive_depth_module import AdaptiveDepthModule
 from lightning_automl.stopping.lista import LISTA
 from lightning_automl.stopping.metrics import NMSEDecibels
 from lightning_automl.stopping.policy import StopPolicy
 
 __all__ = ["LISTARecovery"]
 
-Batch = tuple[Tensor, Tensor]
 
-
-class LISTARecovery(AdaptiveDepthMixin, LightningModule):
+class LISTARecovery(AdaptiveDepthModule):
     """Recovers ``x*`` from ``y = A x* + noise`` with `LISTA` (the model of LISTA-stop).
 
     Without a `StopPolicyCallback` it trains the usual way, on the last layer's squared error.
@@ -62,7 +57,7 @@ class LISTARecovery(AdaptiveDepthMixin, LightningModule):
         self.save_hyperparameters()
         self.lista = LISTA(sensing_matrix(m, n, data_seed), num_layers, lam, tied)
         self.num_steps = num_layers
-        self.nmse = nn.ModuleDict(  # keys like val_stop_nmse_db
+        self.metrics = nn.ModuleDict(  # keys like val_stop_nmse_db
             {
                 f"{stage}_{kind}nmse_db": NMSEDecibels()
                 for stage in ("val", "test")
@@ -97,33 +92,15 @@ class LISTARecovery(AdaptiveDepthMixin, LightningModule):
                 "datamodule's m, n and seed (as m, n and data_seed)"
             )
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        y, x_star = batch
-        if self.stop_schedule is None:
-            loss = self.step_loss(self(y), x_star).mean()
-        else:
-            loss = self.adaptive_depth_loss(y, x_star)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+    def plain_loss(self, y: Tensor, x_star: Tensor) -> Tensor:
+        return self.step_loss(self(y), x_star).mean()
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch: Batch, stage: str) -> None:
-        y, x_star = batch
-        self._log_nmse(f"{stage}/nmse_db", self(y), x_star)
-        if self.stop_schedule is not None and self.stop_schedule.stage > 1:
+    def evaluate(self, y: Tensor, x_star: Tensor, stage: str) -> None:
+        self.log_metric(f"{stage}/nmse_db", self(y), x_star)
+        if self.policy_attached:
             estimate, stopped_at = self.predict_adaptive(y)
-            self._log_nmse(f"{stage}/stop_nmse_db", estimate, x_star)
+            self.log_metric(f"{stage}/stop_nmse_db", estimate, x_star)
             self.log(f"{stage}/stop_mean_step", (stopped_at + 1).float().mean())
-
-    def _log_nmse(self, name: str, estimate: Tensor, x_star: Tensor) -> None:
-        metric = cast(NMSEDecibels, self.nmse[name.replace("/", "_")])
-        metric(estimate, x_star)
-        self.log(name, metric, prog_bar=name.startswith("val"))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
