@@ -1,0 +1,158 @@
+"""Early exit on MNIST with Learning to Stop (Chen et al., ICML 2020) against full depth.
+
+One `EarlyExitClassifier` (residual MLP blocks, a head after each) is trained by Stage I and a
+stop policy by Stage II (`StopPolicyCallback`); the same architecture is also trained the usual
+way, on its last head, with the Stage I budget. On the 10,000 test images it reports the
+accuracy of every fixed exit, of the full depth and of the policy at several thresholds with
+its mean depth, and the throughput of the batched early exit (`predict_adaptive`, batch 256)
+against the full-depth forward, timed interleaved in the same run.
+
+    python benchmarks/early_exit.py            # the full run (about 15 minutes on 2 cores)
+    python benchmarks/early_exit.py --quick    # smoke run, 1 + 1 epochs on 5,000 images
+
+Targets (issue 3): the policy's accuracy within 0.2 points of the full-depth model's at a mean
+depth of at most 70 % of T, and a throughput at least 1.3 times the full-depth forward's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import matplotlib
+import torch
+from harness import Report, format_table, parse_args, target
+from lightning.pytorch import Trainer, seed_everything
+from torch import Tensor
+
+from lightning_automl.data import MNISTDataModule
+from lightning_automl.stopping import EarlyExitClassifier, StopPolicyCallback
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt
+
+NAME = "early_exit"
+MODEL = {"width": 512, "hidden": 512, "num_blocks": 8, "lr": 1e-3}
+BETA = 1.0
+THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+BATCH = 256
+
+
+def fit(model: EarlyExitClassifier, data: MNISTDataModule, epochs: int, callbacks: list) -> None:
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, data)
+
+
+@torch.no_grad()
+def exit_accuracies(model: EarlyExitClassifier, x: Tensor, y: Tensor) -> list[float]:
+    """Test accuracy (%) of every fixed exit."""
+    steps = torch.stack(model.forward_steps(x))  # (T, N, classes)
+    return [100 * (step.argmax(-1) == y).float().mean().item() for step in steps]
+
+
+@torch.no_grad()
+def policy_accuracy(model: EarlyExitClassifier, x: Tensor, y: Tensor, threshold: float):
+    """Accuracy (%) and mean depth (1-based) of the batched early exit at ``threshold``."""
+    correct, depth = 0, 0
+    for start in range(0, len(x), BATCH):
+        log_probs, stopped_at = model.predict_adaptive(x[start : start + BATCH], None, threshold)
+        correct += (log_probs.argmax(-1) == y[start : start + BATCH]).sum().item()
+        depth += (stopped_at + 1).sum().item()
+    return 100 * correct / len(x), depth / len(x)
+
+
+@torch.no_grad()
+def throughput_ratio(model: EarlyExitClassifier, x: Tensor, repeats: int) -> dict[str, float]:
+    """Median time per batch of the full forward and of ``predict_adaptive``, interleaved."""
+    batches = [x[start : start + BATCH] for start in range(0, len(x) - BATCH + 1, BATCH)]
+    times: dict[str, list[float]] = {"full": [], "adaptive": []}
+    runs = {"full": model, "adaptive": lambda batch: model.predict_adaptive(batch)}
+    for _ in range(2):  # warm-up
+        for run in runs.values():
+            run(batches[0])
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            for batch in batches:
+                run(batch)
+            times[name].append((time.perf_counter() - started) / len(batches))
+    full, adaptive = statistics.median(times["full"]), statistics.median(times["adaptive"])
+    return {"full_ms": 1e3 * full, "adaptive_ms": 1e3 * adaptive, "speedup": full / adaptive}
+
+
+def main() -> None:
+    args = parse_args(NAME, __doc__.splitlines()[0])
+    report = Report(NAME, args)
+    stage_epochs = (1, 1) if args.quick else (6, 2)
+    data = MNISTDataModule(data_dir=str(args.data_dir / "mnist"), batch_size=128)
+    data.setup()
+    x, y = data.datasets["test"].tensors
+    x = x.flatten(1)
+    if args.quick:
+        data.datasets["train"] = torch.utils.data.Subset(data.datasets["train"], range(5000))
+
+    seed_everything(0)
+    conventional = EarlyExitClassifier(**MODEL)
+    fit(conventional, data, stage_epochs[0], [])
+    seed_everything(0)
+    staged = EarlyExitClassifier(**MODEL)
+    fit(staged, data, sum(stage_epochs), [StopPolicyCallback(stage_epochs, beta=BETA)])
+    conventional.eval()
+    staged.eval()
+
+    exits = {"staged": exit_accuracies(staged, x, y)}
+    exits["conventional"] = exit_accuracies(conventional, x, y)
+    policy = {t: policy_accuracy(staged, x, y, t) for t in THRESHOLDS}
+    speed = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        speed[threads] = throughput_ratio(staged, x, repeats=3 if args.quick else 10)
+    num_blocks = MODEL["num_blocks"]
+    full, (accuracy, depth) = exits["staged"][-1], policy[0.5]
+    results = {
+        "model": MODEL,
+        "beta": BETA,
+        "stage_epochs": stage_epochs,
+        "test_samples": len(x),
+        "exit_accuracy": exits,
+        "full_depth_accuracy": full,
+        "conventional_accuracy": exits["conventional"][-1],
+        "policy": {str(t): {"accuracy": a, "mean_depth": d} for t, (a, d) in policy.items()},
+        "throughput": {str(threads): value for threads, value in speed.items()},
+    }
+    targets = [
+        target("exit_accuracy_within_0.2_of_full_depth", accuracy, full - 0.2, ">="),
+        target("exit_mean_depth_le_0.7T", depth, 0.7 * num_blocks, "<="),
+        target("exit_throughput_ge_1.3x_full_depth", speed[2]["speedup"], 1.3, ">="),
+    ]
+    rows = [[f"exit {t + 1}", s, c] for t, (s, c) in enumerate(zip(*exits.values(), strict=True))]
+    rows += [[f"policy {t} (depth {d:.2f})", a, ""] for t, (a, d) in policy.items()]
+    table = format_table(["test accuracy %", "staged", "conventional"], rows)
+    speed_rows = [[n, v["full_ms"], v["adaptive_ms"], v["speedup"]] for n, v in speed.items()]
+    table += "\n\n" + format_table(["threads", "full ms", "adaptive ms", "speedup"], speed_rows)
+    report.write(results, targets, table)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    depths = range(1, num_blocks + 1)
+    axis.plot(depths, exits["staged"], "o-", label="fixed exit (Stage I network)")
+    axis.plot(depths, exits["conventional"], "s--", label="fixed exit (conventional)")
+    axis.plot(*zip(*[(d, a) for a, d in policy.values()], strict=True), "r*", ms=10, label="policy")
+    axis.set(xlabel="mean depth (blocks)", ylabel="test accuracy (%)", title="MNIST early exit")
+    axis.set_ylim(max(90.0, min(exits["staged"]) - 1), 100)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(report.png, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
