@@ -16,6 +16,10 @@ depth of at most 70 % of T, and a throughput at least 1.3 times the full-depth f
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a shared machine
+
 import statistics
 import time
 
@@ -33,7 +37,7 @@ from matplotlib import pyplot as plt
 
 NAME = "early_exit"
 MODEL = {"width": 512, "hidden": 512, "num_blocks": 8, "lr": 1e-3}
-BETA = 1.0
+STOPPING = {"beta": 3.0, "imitation_beta": 0.01, "step_cost": 0.02}
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 BATCH = 256
 
@@ -93,7 +97,7 @@ def throughput_ratio(model: EarlyExitClassifier, x: Tensor, repeats: int) -> dic
 def main() -> None:
     args = parse_args(NAME, __doc__.splitlines()[0])
     report = Report(NAME, args)
-    stage_epochs = (1, 1) if args.quick else (6, 2)
+    stage_epochs = (1, 1) if args.quick else (6, 3)
     data = MNISTDataModule(data_dir=str(args.data_dir / "mnist"), batch_size=128)
     data.setup()
     x, y = data.datasets["test"].tensors
@@ -106,7 +110,7 @@ def main() -> None:
     fit(conventional, data, stage_epochs[0], [])
     seed_everything(0)
     staged = EarlyExitClassifier(**MODEL)
-    fit(staged, data, sum(stage_epochs), [StopPolicyCallback(stage_epochs, beta=BETA)])
+    fit(staged, data, sum(stage_epochs), [StopPolicyCallback(stage_epochs, **STOPPING)])
     conventional.eval()
     staged.eval()
 
@@ -121,7 +125,7 @@ def main() -> None:
     full, (accuracy, depth) = exits["staged"][-1], policy[0.5]
     results = {
         "model": MODEL,
-        "beta": BETA,
+        "stopping": STOPPING,
         "stage_epochs": stage_epochs,
         "test_samples": len(x),
         "exit_accuracy": exits,

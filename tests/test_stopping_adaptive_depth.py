@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin
+from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin, StopSchedule
 from lightning_automl.stopping.policy import StopPolicy
 from lightning_automl.stopping.stop_time import oracle_loss
 
@@ -87,6 +87,28 @@ def test_samples_stop_at_different_steps_and_stopped_ones_are_not_computed(x):
     assert torch.equal(full_outputs, outputs) and torch.equal(full_stop_steps, stop_steps)
 
 
+def test_the_input_summary_follows_the_shrinking_batch(x):
+    class Summarised(SteppedNet):
+        def stop_summary(self, x):
+            return x.flip(1)
+
+    class FullSummarised(FullDepthNet):
+        def stop_summary(self, x):
+            return x.flip(1)
+
+    torch.manual_seed(2)
+    policy = StopPolicy(prediction_dim=3, summary_dim=3, hidden_dims=(8,))
+    with torch.no_grad():  # spread the logits around 0 so that samples stop at different steps
+        policy.mlp[-1].weight.mul_(20)
+        logits = policy.step_logits(FullSummarised().stacked_steps(x), x.flip(1))
+        policy.mlp[-1].bias.sub_(logits.median())
+    outputs, stop_steps = Summarised().predict_adaptive(x, policy)
+    assert stop_steps.unique().numel() > 1
+    full_outputs, full_stop_steps = FullSummarised().predict_adaptive(x, policy)
+    torch.testing.assert_close(outputs, full_outputs)
+    assert torch.equal(stop_steps, full_stop_steps)
+
+
 def test_stage_one_trains_the_model_on_the_oracle_loss(x):
     net, target = FullDepthNet(), torch.zeros(64, 3)
     loss = net.stage_one_loss(x, target, beta=0.5)
@@ -101,6 +123,27 @@ def test_stage_two_trains_the_policy_and_never_reaches_the_frozen_model(x):
     net.stage_two_loss(x, torch.zeros(64, 3), beta=0.5, policy=policy).backward()
     assert all(p.grad is None for p in net.parameters())
     assert all(p.grad is not None for p in policy.parameters())
+
+
+def test_step_cost_adds_a_cost_per_step_to_the_losses_the_oracle_sees(x):
+    net, target = FullDepthNet(), torch.zeros(64, 3)
+    losses = net.step_losses(net.stacked_steps(x), target)
+    costs = 0.3 * torch.arange(4.0)[:, None]
+    expected = oracle_loss(losses + costs, 0.5)
+    torch.testing.assert_close(net.stage_one_loss(x, target, beta=0.5, step_cost=0.3), expected)
+    with pytest.raises(ValueError, match="step_cost must be >= 0"):
+        net.stage_one_loss(x, target, beta=0.5, step_cost=-1.0)
+
+
+def test_adaptive_depth_loss_uses_the_schedule_of_the_stage(x):
+    net, target = FullDepthNet(), torch.zeros(64, 3)
+    policy = StopPolicy(prediction_dim=3, hidden_dims=(8,))
+    net.stop_schedule = StopSchedule(2, beta=1.0, policy=policy, imitation_beta=0.1, step_cost=0.2)
+    expected = net.stage_two_loss(x, target, 0.1, policy, step_cost=0.2)
+    torch.testing.assert_close(net.adaptive_depth_loss(x, target), expected)
+    net.stop_schedule.stage = 3
+    expected = net.stage_three_loss(x, target, 1.0, policy, step_cost=0.2)
+    torch.testing.assert_close(net.adaptive_depth_loss(x, target), expected)
 
 
 def test_bad_models_are_refused(x):

@@ -110,6 +110,8 @@ def test_predict_adaptive_uses_the_trained_policy_after_fit():
         ({"stage_epochs": (0, 0), "beta": 1.0}, "at least one epoch"),
         ({"stage_epochs": (1, 1), "beta": 0.0}, "beta must be a number > 0"),
         ({"stage_epochs": (1, 1), "beta": 1.0, "policy_lr": -1}, "policy_lr"),
+        ({"stage_epochs": (1, 1), "beta": 1.0, "imitation_beta": 0}, "imitation_beta"),
+        ({"stage_epochs": (1, 1), "beta": 1.0, "step_cost": -0.1}, "step_cost"),
         ({"stage_epochs": (1, 1), "beta": 1.0, "threshold": 2}, "threshold"),
         ({"stage_epochs": (1, 1), "beta": 1.0, "policy": torch.nn.Linear(2, 1)}, "step_logits"),
     ],

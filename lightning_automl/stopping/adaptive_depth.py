@@ -33,14 +33,18 @@ class StageTerms(NamedTuple):
 
 @dataclass
 class StopSchedule:
-    """What `StopPolicyCallback` attaches to the module: the stage, ``beta`` and the policy.
+    """What `StopPolicyCallback` attaches to the module: the stage, its settings and the policy.
 
     Not an ``nn.Module``, so the policy does not become a submodule of the user's model.
+    ``beta`` is the temperature of Stages I and III, ``imitation_beta`` that of the oracle that
+    Stage II imitates, and ``step_cost`` the cost per step of the stop-time prior.
     """
 
     stage: int
     beta: float
     policy: StopPolicy
+    imitation_beta: float
+    step_cost: float = 0.0
     last_batch: StageTerms | None = None
 
 
@@ -114,27 +118,37 @@ class AdaptiveDepthMixin:
             "implement build_stop_policy() on the model"
         )
 
-    def stage_one_loss(self, x: Any, target: Tensor, beta: float) -> Tensor:
-        """Stage I (oracle model learning): `oracle_loss` of the per-step losses."""
-        return self._stage_loss(1, x, target, beta, None).loss
+    def stage_one_loss(self, x: Any, target: Tensor, beta: float, step_cost: float = 0.0) -> Tensor:
+        """Stage I (oracle model learning): `oracle_loss` of the per-step losses.
 
-    def stage_two_loss(self, x: Any, target: Tensor, beta: float, policy: StopPolicy) -> Tensor:
+        ``step_cost`` (>= 0) adds ``step_cost * t`` to the loss of step ``t`` (0-based): the
+        joint objective with a prior ``p(t) ∝ exp(-step_cost * t / beta)`` on the stop time
+        in place of the paper's uniform one, which favours stopping early.
+        """
+        return self._stage_loss(1, x, target, beta, None, step_cost).loss
+
+    def stage_two_loss(
+        self, x: Any, target: Tensor, beta: float, policy: StopPolicy, step_cost: float = 0.0
+    ) -> Tensor:
         """Stage II (imitation): ``KL(q* || q_phi)`` with the predictive model frozen.
 
         The model runs without gradient, so only ``policy`` is trained (a `StopPolicy`, or any
-        module with the same ``forward`` and ``step_logits``).
+        module with the same ``forward`` and ``step_logits``). ``step_cost`` as in
+        `stage_one_loss`.
         """
-        return self._stage_loss(2, x, target, beta, policy).loss
+        return self._stage_loss(2, x, target, beta, policy, step_cost).loss
 
-    def stage_three_loss(self, x: Any, target: Tensor, beta: float, policy: StopPolicy) -> Tensor:
+    def stage_three_loss(
+        self, x: Any, target: Tensor, beta: float, policy: StopPolicy, step_cost: float = 0.0
+    ) -> Tensor:
         """Stage III (joint fine-tuning): `variational_loss`; model and policy both learn."""
-        return self._stage_loss(3, x, target, beta, policy).loss
+        return self._stage_loss(3, x, target, beta, policy, step_cost).loss
 
     def adaptive_depth_loss(self, x: Any, target: Tensor) -> Tensor:
         """The loss of the stage `StopPolicyCallback` is in; return it from ``training_step``.
 
         Stage I: `stage_one_loss`; II: `stage_two_loss`; III: `stage_three_loss`, with the
-        callback's ``beta`` and policy. The callback logs the stop steps of this batch.
+        callback's settings and policy. The callback logs the stop steps of this batch.
         """
         schedule = self.stop_schedule
         if schedule is None:
@@ -142,16 +156,29 @@ class AdaptiveDepthMixin:
                 "adaptive_depth_loss needs a StopPolicyCallback in Trainer(callbacks=[...]); "
                 "without one, call stage_one_loss / stage_two_loss / stage_three_loss directly"
             )
-        terms = self._stage_loss(schedule.stage, x, target, schedule.beta, schedule.policy)
+        stage = schedule.stage
+        beta = schedule.imitation_beta if stage == 2 else schedule.beta
+        terms = self._stage_loss(stage, x, target, beta, schedule.policy, schedule.step_cost)
         schedule.last_batch = terms
         return terms.loss
 
     def _stage_loss(
-        self, stage: int, x: Any, target: Tensor, beta: float, policy: StopPolicy | None
+        self,
+        stage: int,
+        x: Any,
+        target: Tensor,
+        beta: float,
+        policy: StopPolicy | None,
+        step_cost: float,
     ) -> StageTerms:
+        if not step_cost >= 0:
+            raise ValueError(f"step_cost must be >= 0, got {step_cost!r}")
         with torch.set_grad_enabled(stage != 2 and torch.is_grad_enabled()):
             predictions = self.stacked_steps(x)
             step_losses = self.step_losses(predictions, target).float()  # (T, B)
+        if step_cost:
+            steps = torch.arange(len(step_losses), device=step_losses.device)
+            step_losses = step_losses + step_cost * steps[:, None]
         oracle = oracle_stop_distribution(step_losses.detach(), beta)
         if stage == 1 or policy is None:
             return StageTerms(oracle_loss(step_losses, beta), oracle, None)
@@ -195,29 +222,32 @@ class AdaptiveDepthMixin:
         self, x: Any, policy: StopPolicy, summary: Tensor | None, stop_above: float
     ) -> tuple[Tensor, Tensor]:
         state, prediction = self.step(self.init_state(x), 0)  # type: ignore[attr-defined]
-        batch = prediction.size(0)
+        batch, last = prediction.size(0), self.num_steps - 1
         outputs = prediction.new_empty(prediction.shape)  # (B, ...)
-        stopped_at = torch.full((batch,), self.num_steps - 1, device=prediction.device)
+        stopped_at = torch.full((batch,), last, device=prediction.device)
         active = torch.arange(batch, device=prediction.device)  # samples still running
         for t in range(self.num_steps):
             if t > 0:
                 state, prediction = self.step(state, t)  # type: ignore[attr-defined]
-            if t == self.num_steps - 1:
-                outputs[active] = prediction
+            if t == last:
+                outputs.index_copy_(0, active, prediction)
                 break
-            step = torch.full_like(active, t)
-            logits = policy(prediction, step, None if summary is None else summary[active])
+            logits = policy(prediction, torch.full_like(active, t), summary)
             stop = logits > stop_above  # (active,)
-            outputs[active[stop]] = prediction[stop]
-            stopped_at[active[stop]] = t
-            keep = ~stop
-            active = active[keep]
-            if active.numel() == 0:
+            stop_rows = stop.nonzero().squeeze(1)
+            if stop_rows.numel() == 0:
+                continue
+            stopped = active.index_select(0, stop_rows)
+            outputs.index_copy_(0, stopped, prediction.index_select(0, stop_rows))
+            stopped_at.index_fill_(0, stopped, t)
+            keep = (~stop).nonzero().squeeze(1)
+            if keep.numel() == 0:
                 break
-            state = _select_samples(state, keep)
+            active = active.index_select(0, keep)
+            state, summary = _select_samples((state, summary), keep)
         return outputs, stopped_at
 
 
-def _select_samples(state: Any, keep: Tensor) -> Any:
-    """The rows ``keep`` of every tensor in a (nested) state; other leaves as they are."""
-    return tree_map(lambda value: value[keep] if isinstance(value, Tensor) else value, state)
+def _select_samples(state: Any, rows: Tensor) -> Any:
+    """The ``rows`` of every tensor in a (nested) state; other leaves as they are."""
+    return tree_map(lambda v: v.index_select(0, rows) if isinstance(v, Tensor) else v, state)

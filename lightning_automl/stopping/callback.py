@@ -52,8 +52,15 @@ class StopPolicyCallback(Callback):
     Args:
         stage_epochs: Epochs of Stage I, II and optionally III, e.g. ``(20, 10)`` or
             ``(20, 10, 5)``. They must add up to the Trainer's ``max_epochs`` when it is set.
-        beta: Temperature of the oracle stop-time distribution (> 0), on the scale of the
-            model's ``step_loss``.
+        beta: Temperature of the oracle stop-time distribution (> 0) in Stages I and III, on
+            the scale of the model's ``step_loss``.
+        imitation_beta: Temperature of the oracle that Stage II imitates (default: ``beta``).
+            A small value makes the policy follow the best step of each sample closely while
+            Stage I trains all steps with a larger ``beta``.
+        step_cost: Cost per step (>= 0) added to the per-step losses: a prior on the stop
+            time ``p(t) ∝ exp(-step_cost * t / beta)`` instead of the paper's uniform prior
+            (0). When several steps predict equally well, it makes the oracle prefer the
+            earliest, so that the policy saves compute.
         policy: The policy to train; by default the module's ``build_stop_policy()``.
         policy_lr: Learning rate of the policy's Adam optimizer (the paper's 1e-3).
         threshold: Stop probability used by the logged exit statistics.
@@ -63,6 +70,8 @@ class StopPolicyCallback(Callback):
         self,
         stage_epochs: Sequence[int],
         beta: float,
+        imitation_beta: float | None = None,
+        step_cost: float = 0.0,
         policy: StopPolicy | None = None,
         policy_lr: float = 1e-3,
         threshold: float = 0.5,
@@ -78,6 +87,9 @@ class StopPolicyCallback(Callback):
         if sum(stage_epochs) == 0:
             raise ValueError(f"stage_epochs must hold at least one epoch, got {stage_epochs!r}")
         check_number("beta", beta, "a number > 0", lambda value: value > 0)
+        if imitation_beta is not None:
+            check_number("imitation_beta", imitation_beta, "a number > 0", lambda v: v > 0)
+        check_number("step_cost", step_cost, "a number >= 0", lambda value: value >= 0)
         check_number("policy_lr", policy_lr, "a number > 0", lambda value: value > 0)
         threshold_logit(threshold)
         if policy is not None and not hasattr(policy, "step_logits"):
@@ -87,6 +99,8 @@ class StopPolicyCallback(Callback):
             )
         self.stage_epochs = stage_epochs
         self.beta = float(beta)
+        self.imitation_beta = self.beta if imitation_beta is None else float(imitation_beta)
+        self.step_cost = float(step_cost)
         self.policy = policy
         self.policy_lr = float(policy_lr)
         self.threshold = float(threshold)
@@ -138,7 +152,9 @@ class StopPolicyCallback(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         stage = self.stage_at(trainer.current_epoch)
         assert isinstance(pl_module, AdaptiveDepthMixin)
-        pl_module.stop_schedule = StopSchedule(stage, self.beta, self._policy())
+        pl_module.stop_schedule = StopSchedule(
+            stage, self.beta, self._policy(), self.imitation_beta, self.step_cost
+        )
         if stage == 2 and self._module_modes is None:
             self._module_modes = {name: m.training for name, m in pl_module.named_modules()}
             pl_module.eval()

@@ -129,6 +129,7 @@ class EarlyExitClassifier(AdaptiveDepthModule):
             self.log(f"{stage}/exit_mean_step", (stopped_at + 1).float().mean())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        hparams = self.hparams
         return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+            self.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"], fused=True
         )
