@@ -2,10 +2,10 @@
 
 One `EarlyExitClassifier` (residual MLP blocks, a head after each) is trained by Stage I and a
 stop policy by Stage II (`StopPolicyCallback`); the same architecture is also trained the usual
-way, on its last head, with the Stage I budget. On the 10,000 test images it reports the
-accuracy of every fixed exit, of the full depth and of the policy at several thresholds with
-its mean depth, and the throughput of the batched early exit (`predict_adaptive`, batch 256)
-against the full-depth forward, timed interleaved in the same run.
+way, on its last head, with the Stage I budget (AdamW, cosine decay over those epochs). On the
+10,000 test images it reports the accuracy of every fixed exit, of the full depth and of the
+policy at several thresholds with its mean depth, and the throughput of the batched early
+exit (`predict_adaptive`, batch 256) against the full-depth forward, timed interleaved.
 
     python benchmarks/early_exit.py            # the full run (about 15 minutes on 2 cores)
     python benchmarks/early_exit.py --quick    # smoke run, 1 + 1 epochs on 5,000 images
@@ -105,11 +105,12 @@ def main() -> None:
     if args.quick:
         data.datasets["train"] = torch.utils.data.Subset(data.datasets["train"], range(5000))
 
+    model = {**MODEL, "lr_decay_epochs": stage_epochs[0]}
     seed_everything(0)
-    conventional = EarlyExitClassifier(**MODEL)
+    conventional = EarlyExitClassifier(**model)
     fit(conventional, data, stage_epochs[0], [])
     seed_everything(0)
-    staged = EarlyExitClassifier(**MODEL)
+    staged = EarlyExitClassifier(**model)
     fit(staged, data, sum(stage_epochs), [StopPolicyCallback(stage_epochs, **STOPPING)])
     conventional.eval()
     staged.eval()
@@ -124,7 +125,7 @@ def main() -> None:
     num_blocks = MODEL["num_blocks"]
     full, (accuracy, depth) = exits["staged"][-1], policy[0.5]
     results = {
-        "model": MODEL,
+        "model": model,
         "stopping": STOPPING,
         "stage_epochs": stage_epochs,
         "test_samples": len(x),

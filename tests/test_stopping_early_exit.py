@@ -43,7 +43,18 @@ def test_trains_plainly_without_the_callback_and_by_stages_with_it():
     assert 0 <= results["val/exit_acc"] <= 1
 
 
-@pytest.mark.parametrize(("name", "value"), [("num_blocks", 0), ("width", -1), ("lr", 0.0)])
+@pytest.mark.parametrize(
+    ("name", "value"), [("num_blocks", 0), ("width", -1), ("lr", 0.0), ("lr_decay_epochs", 0)]
+)
 def test_bad_arguments_are_refused(name, value):
     with pytest.raises(ValueError, match=name):
         tiny(**{name: value})
+
+
+def test_cosine_decay_reaches_zero_after_lr_decay_epochs_and_stays_there():
+    model = tiny(lr_decay_epochs=2)
+    trainer = quiet_trainer(max_epochs=3)  # TinyDataModule: 8 optimizer steps per epoch
+    trainer.fit(model, TinyDataModule())
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == 24
+    assert [scheduler.lr_lambdas[0](step) for step in (0, 8, 16, 20)] == pytest.approx([1, 0.5, 0, 0])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -47,6 +50,8 @@ class EarlyExitClassifier(AdaptiveDepthModule):
         num_blocks: Blocks `T`, one exit after each.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        lr_decay_epochs: Cosine decay of the learning rate to 0 over this many epochs, step by
+            step (``None``: constant). With `StopPolicyCallback`, the Stage I epochs.
         policy_hidden_dims: Hidden widths of the `StopPolicy` that `build_stop_policy` returns.
     """
 
@@ -59,6 +64,7 @@ class EarlyExitClassifier(AdaptiveDepthModule):
         num_blocks: int = 8,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        lr_decay_epochs: int | None = None,
         policy_hidden_dims: tuple[int, ...] = (64, 16),
     ) -> None:
         super().__init__()
@@ -72,6 +78,8 @@ class EarlyExitClassifier(AdaptiveDepthModule):
             check_positive_int(name, value)
         check_number("lr", lr, "a number > 0", lambda value: value > 0)
         check_number("weight_decay", weight_decay, "a number >= 0", lambda value: value >= 0)
+        if lr_decay_epochs is not None:
+            check_positive_int("lr_decay_epochs", lr_decay_epochs)
         self.save_hyperparameters()
         self.num_steps = num_blocks
         self.stem = nn.Linear(input_dim, width)
@@ -128,8 +136,22 @@ class EarlyExitClassifier(AdaptiveDepthModule):
             self.log_metric(f"{stage}/exit_acc", log_probs, target)
             self.log(f"{stage}/exit_mean_step", (stopped_at + 1).float().mean())
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         hparams = self.hparams
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             self.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"], fused=True
         )
+        if hparams["lr_decay_epochs"] is None:
+            return optimizer
+        epochs = max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = self.trainer.estimated_stepping_batches / epochs
+        decay_steps = max(1, round(hparams["lr_decay_epochs"] * steps_per_epoch))
+
+        def cosine(step: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * min(step, decay_steps) / decay_steps))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
