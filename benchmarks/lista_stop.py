@@ -1,0 +1,142 @@
+"""LISTA-stop (Chen et al., ICML 2020) against LISTA, ISTA and FISTA on sparse recovery.
+
+For each SNR (20, 30, 40 dB) on `SparseRecoveryDataModule` (A 250 x 500, x* Bernoulli(0.1) x
+N(0, 1)): ISTA and FISTA with 20 and 100 iterations (step 1/L, lambda tuned on the validation
+split), LISTA (T = 20) trained the usual way on its last layer, LISTA trained by Stage I, the
+oracle's best layer per sample of that network (a lower bound), and LISTA-stop: the Stage I
+network with a stop policy trained by Stage II (`StopPolicyCallback`), with its mean stop step.
+NMSE in dB on 3,000 test samples.
+
+    python benchmarks/lista_stop.py            # the full run (see the docs for its time)
+    python benchmarks/lista_stop.py --quick    # smoke run, small budget
+
+Targets (issue 3), at every SNR: LISTA-stop's NMSE at or below plain LISTA's with a mean stop
+step below 0.8 T; plain LISTA and LISTA-stop both below FISTA-100.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a shared machine
+
+import matplotlib
+import torch
+from harness import Report, format_table, parse_args, target
+from lightning.pytorch import Trainer, seed_everything
+from torch import Tensor
+
+from lightning_automl.data import SparseRecoveryDataModule
+from lightning_automl.stopping import LISTARecovery, StopPolicyCallback, fista, ista, nmse_db
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt
+
+NAME = "lista_stop"
+SNRS = (20.0, 30.0, 40.0)
+LAMBDAS = (0.003, 0.01, 0.03, 0.1, 0.2, 0.3)
+NUM_LAYERS = 20
+LISTA_SETTINGS = {"num_layers": NUM_LAYERS, "lam": 0.1, "lr": 1e-3}
+STOPPING = {"beta": 0.1}  # on the scale of the per-sample squared error ||x_t - x*||^2
+
+
+def tuned_baseline(solver, data: SparseRecoveryDataModule, iterations: int) -> dict[str, float]:
+    """The test NMSE of ``solver`` after ``iterations``, with lambda picked on validation."""
+    y_val, x_val = data.datasets["val"].tensors
+    val = {lam: nmse_db(solver(y_val, data.A, lam, iterations)[-1], x_val) for lam in LAMBDAS}
+    lam = min(val, key=val.__getitem__)
+    y, x = data.datasets["test"].tensors
+    return {"nmse_db": nmse_db(solver(y, data.A, lam, iterations)[-1], x), "lam": lam}
+
+
+def fit(model: LISTARecovery, data: SparseRecoveryDataModule, epochs: int, callbacks: list) -> None:
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, data)
+
+
+@torch.no_grad()
+def evaluate(plain: LISTARecovery, staged: LISTARecovery, y: Tensor, x: Tensor) -> dict:
+    steps = staged.forward_steps(y)  # (T, B, n)
+    errors = (steps - x).pow(2).sum(dim=2)  # (T, B)
+    best = steps[errors.argmin(dim=0), torch.arange(len(x))]
+    estimate, stopped_at = staged.predict_adaptive(y)
+    return {
+        "lista": nmse_db(plain(y), x),
+        "stage_one_lista": nmse_db(steps[-1], x),
+        "oracle_best_layer": nmse_db(best, x),
+        "lista_stop": nmse_db(estimate, x),
+        "lista_stop_mean_step": (stopped_at + 1).float().mean().item(),
+        "lista_stop_histogram": torch.bincount(stopped_at, minlength=NUM_LAYERS).tolist(),
+        "stage_one_layers": [nmse_db(step, x) for step in steps],
+        "lista_layers": [nmse_db(step, x) for step in plain.forward_steps(y)],
+    }
+
+
+def run_snr(snr_db: float, quick: bool) -> dict:
+    sizes = {"num_train": 2000, "num_val": 500} if quick else {"num_train": 20000, "num_val": 1000}
+    data = SparseRecoveryDataModule(snr_db=snr_db, num_test=3000, seed=0, **sizes)
+    data.setup()
+    result = {
+        f"{solver.__name__}_{iterations}": tuned_baseline(solver, data, iterations)
+        for solver in (ista, fista)
+        for iterations in (20, 100)
+    }
+    epochs, stage_epochs = (1, (1, 1)) if quick else (6, (6, 2))
+    seed_everything(0)
+    plain = LISTARecovery(**LISTA_SETTINGS)
+    fit(plain, data, epochs, [])
+    seed_everything(0)
+    staged = LISTARecovery(**LISTA_SETTINGS)
+    fit(staged, data, sum(stage_epochs), [StopPolicyCallback(stage_epochs, **STOPPING)])
+    y, x = data.datasets["test"].tensors
+    return {**result, **evaluate(plain.eval(), staged.eval(), y, x)}
+
+
+def main() -> None:
+    args = parse_args(NAME, __doc__.splitlines()[0])
+    report = Report(NAME, args)
+    results = {f"snr_{snr:g}": run_snr(snr, args.quick) for snr in SNRS}
+    targets = []
+    for key, r in results.items():
+        fista_100 = r["fista_100"]["nmse_db"]
+        targets += [
+            target(f"lista_stop_nmse_le_lista_{key}", r["lista_stop"], r["lista"], "<="),
+            target(f"lista_stop_mean_step_lt_0.8T_{key}", r["lista_stop_mean_step"], 16.0, "<"),
+            target(f"lista_nmse_lt_fista100_{key}", r["lista"], fista_100, "<"),
+            target(f"lista_stop_nmse_lt_fista100_{key}", r["lista_stop"], fista_100, "<"),
+        ]
+    methods = [f"{s}_{i}" for s in ("ista", "fista") for i in (20, 100)]
+    rows = [[m, *(results[k][m]["nmse_db"] for k in results)] for m in methods]
+    for name in ("lista", "stage_one_lista", "oracle_best_layer", "lista_stop"):
+        rows.append([name, *(results[k][name] for k in results)])
+    rows.append(["lista_stop mean step", *(results[k]["lista_stop_mean_step"] for k in results)])
+    table = format_table(["NMSE dB", *(f"SNR {snr:g}" for snr in SNRS)], rows)
+    results["settings"] = {"lista": LISTA_SETTINGS, "stopping": STOPPING, "lambdas": LAMBDAS}
+    report.write(results, targets, table)
+
+    figure, axes = plt.subplots(1, len(SNRS), figsize=(12, 3.8), sharey=False)
+    for axis, snr in zip(axes, SNRS, strict=True):
+        r = results[f"snr_{snr:g}"]
+        layers = range(1, NUM_LAYERS + 1)
+        axis.plot(layers, r["lista_layers"], "o-", ms=3, label="LISTA, layer t")
+        axis.plot(layers, r["stage_one_layers"], "s-", ms=3, label="Stage I LISTA, layer t")
+        axis.axhline(r["fista_100"]["nmse_db"], color="gray", ls="--", label="FISTA-100")
+        axis.plot(r["lista_stop_mean_step"], r["lista_stop"], "r*", ms=12, label="LISTA-stop")
+        axis.set(title=f"SNR {snr:g} dB", xlabel="layer / mean stop step", ylabel="NMSE (dB)")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(report.png, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
