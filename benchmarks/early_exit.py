@@ -66,14 +66,30 @@ def exit_accuracies(model: EarlyExitClassifier, x: Tensor, y: Tensor) -> list[fl
 
 
 @torch.no_grad()
+def early_exit(model: EarlyExitClassifier, x: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """`predict_adaptive` over ``x`` in batches of 256: log-probabilities and stop steps."""
+    outputs = [
+        model.predict_adaptive(x[i : i + BATCH], None, threshold) for i in range(0, len(x), BATCH)
+    ]
+    return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+
+
 def policy_accuracy(model: EarlyExitClassifier, x: Tensor, y: Tensor, threshold: float):
     """Accuracy (%) and mean depth (1-based) of the batched early exit at ``threshold``."""
-    correct, depth = 0, 0
-    for start in range(0, len(x), BATCH):
-        log_probs, stopped_at = model.predict_adaptive(x[start : start + BATCH], None, threshold)
-        correct += (log_probs.argmax(-1) == y[start : start + BATCH]).sum().item()
-        depth += (stopped_at + 1).sum().item()
-    return 100 * correct / len(x), depth / len(x)
+    log_probs, stopped_at = early_exit(model, x, threshold)
+    accuracy = 100 * (log_probs.argmax(-1) == y).float().mean().item()
+    return accuracy, (stopped_at + 1).float().mean().item()
+
+
+@torch.no_grad()
+def routing(model: EarlyExitClassifier, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Share (%) of the samples that go past exit 1 (threshold 0.5), by exit 1's correctness."""
+    first_right = model.forward_steps(x)[0].argmax(-1) == y
+    continues = early_exit(model, x, 0.5)[1] > 0
+    return {
+        "continue_if_exit1_wrong": 100 * continues[~first_right].float().mean().item(),
+        "continue_if_exit1_right": 100 * continues[first_right].float().mean().item(),
+    }
 
 
 @torch.no_grad()
@@ -135,6 +151,7 @@ def main() -> None:
         "full_depth_accuracy": full,
         "conventional_accuracy": conventional_full,
         "policy": {str(t): {"accuracy": a, "mean_depth": d} for t, (a, d) in policy.items()},
+        "routing": routing(staged, x, y),
         "throughput": {str(threads): value for threads, value in speed.items()},
     }
     targets = [
@@ -146,6 +163,7 @@ def main() -> None:
     rows = [[f"exit {t + 1}", s, c] for t, (s, c) in enumerate(zip(*exits.values(), strict=True))]
     rows += [[f"policy {t} (depth {d:.2f})", a, ""] for t, (a, d) in policy.items()]
     table = format_table(["test accuracy %", "staged", "conventional"], rows)
+    table += "\n\n" + format_table(["routing at 0.5", "%"], list(results["routing"].items()))
     speed_rows = [[n, v["full_ms"], v["adaptive_ms"], v["speedup"]] for n, v in speed.items()]
     table += "\n\n" + format_table(["threads", "full ms", "adaptive ms", "speedup"], speed_rows)
     report.write(results, targets, table)
