@@ -26,8 +26,8 @@ import time
 
 import matplotlib
 import torch
-from harness import Report, format_table, parse_args, target
-from lightning.pytorch import Trainer, seed_everything
+from harness import Report, fit, format_table, parse_args, target
+from lightning.pytorch import seed_everything
 from torch import Tensor
 
 from lightning_automl.data import MNISTDataModule
@@ -41,21 +41,6 @@ MODEL = {"width": 512, "hidden": 512, "num_blocks": 8, "lr": 1e-3}
 STOPPING = {"beta": 3.0, "imitation_beta": 0.01, "step_cost": 0.02}
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 BATCH = 256
-
-
-def fit(model: EarlyExitClassifier, data: MNISTDataModule, epochs: int, callbacks: list) -> None:
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, data)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 
 from lightning_automl.core.provenance import git_commit
 
@@ -43,6 +44,24 @@ def target(name: str, value: float, bound: float, op: str) -> dict[str, Any]:
         "op": op,
         "met": bool(OPERATORS[op](value, bound)),
     }
+
+
+def fit(
+    model: LightningModule, data: LightningDataModule, epochs: int, callbacks: list[Callback]
+) -> None:
+    """``Trainer.fit`` on the CPU for ``epochs``, without logging, checkpoints or validation."""
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, data)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a 
 
 import matplotlib
 import torch
-from harness import Report, format_table, parse_args, target
-from lightning.pytorch import Trainer, seed_everything
+from harness import Report, fit, format_table, parse_args, target
+from lightning.pytorch import seed_everything
 from torch import Tensor
 
 from lightning_automl.data import SparseRecoveryDataModule
@@ -47,21 +47,6 @@ def tuned_baseline(solver, data: SparseRecoveryDataModule, iterations: int) -> d
     lam = min(val, key=val.__getitem__)
     y, x = data.datasets["test"].tensors
     return {"nmse_db": nmse_db(solver(y, data.A, lam, iterations)[-1], x), "lam": lam}
-
-
-def fit(model: LISTARecovery, data: SparseRecoveryDataModule, epochs: int, callbacks: list) -> None:
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, data)
 
 
 @torch.no_grad()
