@@ -54,12 +54,13 @@ class LISTA(nn.Module):
         Returns:
             `x_1, ..., x_T` stacked, ``(T, B, n)`` (`x_0 = 0` is not included).
         """
-        W = self.W.expand(self.num_layers, -1, -1)  # (T, n, m)
-        theta = self.theta.expand(self.num_layers)  # (T,)
+        # unbind once: indexing W[t] would allocate a full (T, n, m) gradient per layer
+        W = self.W.expand(self.num_layers, -1, -1).unbind(0)  # T x (n, m)
+        theta = self.theta.expand(self.num_layers).unbind(0)  # T x ()
         x = y.new_zeros(y.shape[0], self.A.shape[1])  # (B, n)
         estimates = []
-        for t in range(self.num_layers):
-            x = ista_step(x, y, self.A, W[t], theta[t])
+        for W_t, theta_t in zip(W, theta, strict=True):
+            x = ista_step(x, y, self.A, W_t, theta_t)
             estimates.append(x)
         return torch.stack(estimates)  # (T, B, n)
 
