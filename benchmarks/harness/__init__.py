@@ -22,7 +22,8 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 
 from lightning_automl.core.provenance import git_commit
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1]
+RESULTS_DIR = BENCHMARKS_DIR / "results"
 OPERATORS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
 
@@ -102,7 +103,7 @@ class Report:
         report = {
             "benchmark": self.name,
             "command": command,
-            "git_commit": git_commit(Path(__file__).resolve().parent),
+            "git_commit": git_commit(BENCHMARKS_DIR),
             "quick": self.args.quick,
             "seconds": round(seconds, 1),
             "machine": machine(),
