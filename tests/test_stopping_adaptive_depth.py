@@ -167,3 +167,14 @@ def test_bad_models_are_refused(x):
         BatchMeanLoss().stage_one_loss(x, torch.zeros(64, 3), beta=1.0)
     with pytest.raises(ValueError, match="threshold must be in"):
         FullDepthNet().predict_adaptive(x, SignPolicy(), threshold=1.5)
+
+
+def test_forward_steps_defaults_to_init_state_and_step(x):
+    class StepsOnly(SteppedNet):
+        forward_steps = AdaptiveDepthMixin.forward_steps
+
+    torch.testing.assert_close(
+        torch.stack(StepsOnly().forward_steps(x)), SteppedNet().stacked_steps(x)
+    )
+    with pytest.raises(NotImplementedError, match="init_state"):
+        AdaptiveDepthMixin().forward_steps(x)

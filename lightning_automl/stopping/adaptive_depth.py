@@ -55,7 +55,7 @@ class AdaptiveDepthMixin:
     implement:
 
     - ``forward_steps(x)``: the prediction after every step, a ``(T, B, ...)`` tensor or a list
-      of ``T`` tensors ``(B, ...)``;
+      of ``T`` tensors ``(B, ...)`` (not needed with ``init_state`` / ``step`` below);
     - ``step_loss(prediction, target)``: the loss of each sample, shape ``(B,)``.
 
     For early exit that saves compute, also implement ``init_state(x)`` and
@@ -72,8 +72,21 @@ class AdaptiveDepthMixin:
     stop_schedule: StopSchedule | None = None
 
     def forward_steps(self, x: Any) -> Tensor | Sequence[Tensor]:
-        """The prediction after every step (implemented by the model)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement forward_steps(x)")
+        """The prediction after every step (implemented by the model).
+
+        By default, when the model has ``init_state`` / ``step``, it runs them ``num_steps``
+        times on the whole batch.
+        """
+        if not hasattr(self, "init_state"):
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement forward_steps(x), or init_state(x) "
+                "and step(state, t) with num_steps"
+            )
+        state, predictions = self.init_state(x), []
+        for t in range(self.num_steps):
+            state, prediction = self.step(state, t)  # type: ignore[attr-defined]
+            predictions.append(prediction)
+        return predictions
 
     def step_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Per-sample loss ``(B,)`` of one step's prediction (implemented by the model)."""

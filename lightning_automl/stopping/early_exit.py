@@ -103,13 +103,6 @@ class EarlyExitClassifier(AdaptiveDepthModule):
         h = self.blocks[t](h)
         return h, F.log_softmax(self.heads[t](h), dim=-1)
 
-    def forward_steps(self, x: Tensor) -> list[Tensor]:
-        h, predictions = self.init_state(x), []
-        for t in range(self.num_steps):
-            h, prediction = self.step(h, t)
-            predictions.append(prediction)
-        return predictions
-
     def forward(self, x: Tensor) -> Tensor:
         """Full depth: every block, then the last head's logits ``(B, num_classes)``."""
         h = self.init_state(x)
