@@ -8,12 +8,14 @@ import torch
 from lightning_automl.data import SparseRecoveryDataModule
 from lightning_automl.stopping import (
     LISTA,
+    analytic_weight,
     fista,
     ista,
     lasso_objective,
     lipschitz_constant,
     nmse_db,
     soft_threshold,
+    support_selected_soft_threshold,
 )
 
 LAM = 0.1
@@ -116,6 +118,12 @@ def test_nmse_db():
         ({"lam": -0.1}, "lam must be a finite non-negative number, got -0.1"),
         ({"lam": float("nan")}, "lam must be a finite non-negative number, got nan"),
         ({"tied": 1}, "tied must be True or False, got 1"),
+        ({"init": "alista"}, "init must be 'ista' or 'analytic', got 'alista'"),
+        ({"threshold_decay": 0.0}, r"threshold_decay must be in \(0, 1\], got 0.0"),
+        ({"threshold_decay": 1.5}, r"threshold_decay must be in \(0, 1\], got 1.5"),
+        ({"tied": True, "threshold_decay": 0.9}, "a tied LISTA has one threshold"),
+        ({"support_per_layer": -0.1}, r"support_per_layer must be in \[0, 1\], got -0.1"),
+        ({"support_max": 2.0}, r"support_max must be in \[0, 1\], got 2.0"),
     ],
 )
 def test_lista_bad_arguments(arguments, message):
@@ -157,3 +165,52 @@ def test_trained_lista_beats_ista_with_as_many_iterations():
     ista_nmse = nmse_db(ista(y, data.A, LAM, num_iters=5)[-1], x_star)
     print(f"NMSE after 5 iterations: LISTA {lista_nmse:.2f} dB, ISTA {ista_nmse:.2f} dB")
     assert lista_nmse < ista_nmse - 3
+
+
+def test_support_selection_keeps_the_largest_entries_of_each_sample_unchanged():
+    v = torch.tensor([[3.0, -0.5, 0.2, -2.0], [0.1, 0.3, -4.0, 1.0]])
+    theta = torch.tensor(0.4)
+    assert torch.equal(support_selected_soft_threshold(v, theta, 0), soft_threshold(v, theta))
+    kept_two = support_selected_soft_threshold(v, theta, 2)
+    assert torch.allclose(kept_two, torch.tensor([[3.0, -0.1, 0.0, -2.0], [0.0, 0.0, -4.0, 1.0]]))
+    assert torch.equal(support_selected_soft_threshold(v, theta, 4), v)
+
+
+def test_analytic_weight_has_unit_gain_and_least_frobenius_cross_talk():
+    _, A = problem()
+    W = analytic_weight(A)  # (n, m)
+    assert W.shape == (A.shape[1], A.shape[0])
+    assert torch.allclose(torch.diagonal(W @ A), torch.ones(A.shape[1], dtype=A.dtype))
+    # any change of row i that keeps its gain a_i^T w_i = 1 has more cross-talk ||A^T w_i||
+    generator = torch.Generator().manual_seed(1)
+    for i in range(A.shape[1]):
+        a_i = A[:, i]
+        delta = torch.randn(A.shape[0], generator=generator, dtype=A.dtype)
+        delta -= (delta @ a_i) / (a_i @ a_i) * a_i
+        assert (A.T @ (W[i] + 1e-3 * delta)).norm() > (A.T @ W[i]).norm()
+
+
+def test_analytic_initialisation_and_support_schedule():
+    _, A = problem()  # n = 40
+    lista = LISTA(
+        A, num_layers=5, lam=0.4, init="analytic", threshold_decay=0.5,
+        support_per_layer=0.05, support_max=0.12,
+    )  # fmt: skip
+    assert torch.equal(lista.W[3], analytic_weight(A))
+    assert torch.allclose(lista.theta, 0.4 * 0.5 ** torch.arange(5, dtype=A.dtype))
+    assert lista.num_kept == [2, 4, 4, 4, 4]  # floor(min(0.05 (t + 1), 0.12) * 40)
+
+
+def test_untrained_analytic_lista_with_support_selection_beats_ista():
+    data = SparseRecoveryDataModule(m=100, n=200, num_train=1, num_val=1, num_test=500)
+    data.setup()
+    y, x_star = data.datasets["test"].tensors
+    cpss = LISTA(
+        data.A, num_layers=10, lam=0.4, init="analytic", threshold_decay=0.8,
+        support_per_layer=0.012, support_max=0.13,
+    )  # fmt: skip
+    with torch.no_grad():
+        cpss_nmse = nmse_db(cpss(y), x_star)
+    ista_nmse = nmse_db(ista(y, data.A, LAM, num_iters=10)[-1], x_star)
+    print(f"NMSE after 10 layers: analytic LISTA-CPSS {cpss_nmse:.2f} dB, ISTA {ista_nmse:.2f} dB")
+    assert cpss_nmse < ista_nmse - 10

@@ -29,7 +29,7 @@ def test_nmse_metric_sums_error_and_energy_before_the_ratio():
     assert metric.compute().item() == pytest.approx(expected)
 
 
-def test_plain_training_improves_on_the_ista_initialisation():
+def test_plain_training_improves_on_the_initialisation():
     seed_everything(0)
     lista, datamodule = model(), data()
     trainer = quiet_trainer(max_epochs=10)
@@ -52,3 +52,25 @@ def test_with_the_callback_it_learns_to_stop_and_logs_the_stopped_error():
 def test_a_model_built_for_another_sensing_matrix_is_refused():
     with pytest.raises(ValueError, match="sensing matrix A differs"):
         quiet_trainer(max_epochs=1).fit(model(data_seed=1), data(seed=0))
+
+
+def test_thresholds_have_their_own_learning_rate_and_both_decay():
+    lista, datamodule = model(lr=1e-3, threshold_lr=1e-2, lr_decay_epochs=1), data()
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(lista, datamodule)
+    optimizer = trainer.optimizers[0]
+    W_group, theta_group = optimizer.param_groups
+    assert W_group["params"] == [lista.lista.W] and theta_group["params"] == [lista.lista.theta]
+    assert [W_group["initial_lr"], theta_group["initial_lr"]] == [1e-3, 1e-2]
+    assert [W_group["lr"], theta_group["lr"]] == [0.0, 0.0]  # cosine decay to 0 after 1 epoch
+    same = model(lr=1e-3, threshold_lr=None).configure_optimizers()
+    assert [group["lr"] for group in same.param_groups] == [1e-3, 1e-3]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [("threshold_lr", 0.0, "a number > 0"), ("lr_decay_epochs", 0, "a positive integer")],
+)
+def test_bad_learning_rate_arguments(name, value, allowed):
+    with pytest.raises(ValueError, match=f"^{name} must be {allowed}, got {value}"):
+        model(**{name: value})

@@ -9,7 +9,8 @@
   callback and by its stages with it (the base of `LISTARecovery` and `EarlyExitClassifier`).
 * `StopPolicyCallback`: trains the policy and schedules the stages in a Lightning `Trainer`.
 * `LISTA`: learned ISTA with an estimate per layer, the predictive model of LISTA-stop;
-  `LISTARecovery`, the `LightningModule` that trains it, with or without a stop policy.
+  `LISTARecovery`, the `LightningModule` that trains it, with or without a stop policy;
+  `support_selected_soft_threshold` and `analytic_weight` for its LISTA-CPSS / ALISTA options.
 * `ista` and `fista`: the classical baselines, with the estimate per iteration.
 * `EarlyExitClassifier`: residual MLP blocks with a classifier head each, for early exit.
 * `nmse_db` and `NMSEDecibels`: the error measure of the sparse-recovery experiment.
@@ -28,7 +29,7 @@ from lightning_automl.stopping.iterative import (
     lipschitz_constant,
     soft_threshold,
 )
-from lightning_automl.stopping.lista import LISTA
+from lightning_automl.stopping.lista import LISTA, analytic_weight, support_selected_soft_threshold
 from lightning_automl.stopping.lista_recovery import LISTARecovery
 from lightning_automl.stopping.metrics import NMSEDecibels, nmse_db
 from lightning_automl.stopping.policy import StopPolicy
@@ -50,6 +51,7 @@ __all__ = [
     "StopPolicy",
     "StopPolicyCallback",
     "StopSchedule",
+    "analytic_weight",
     "fista",
     "imitation_loss",
     "ista",
@@ -60,5 +62,6 @@ __all__ = [
     "oracle_stop_distribution",
     "soft_threshold",
     "stop_log_distribution",
+    "support_selected_soft_threshold",
     "variational_loss",
 ]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_automl.core.schedules import cosine_decay
 from lightning_automl.core.validation import check_number, check_positive_int
 from lightning_automl.stopping.adaptive_depth_module import AdaptiveDepthModule
 from lightning_automl.stopping.policy import StopPolicy
@@ -136,15 +135,4 @@ class EarlyExitClassifier(AdaptiveDepthModule):
         )
         if hparams["lr_decay_epochs"] is None:
             return optimizer
-        epochs = max(1, self.trainer.max_epochs or 1)
-        steps_per_epoch = self.trainer.estimated_stepping_batches / epochs
-        decay_steps = max(1, round(hparams["lr_decay_epochs"] * steps_per_epoch))
-
-        def cosine(step: int) -> float:
-            return 0.5 * (1 + math.cos(math.pi * min(step, decay_steps) / decay_steps))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return cosine_decay(optimizer, hparams["lr_decay_epochs"], self.trainer)

@@ -2,7 +2,7 @@
 
 Both minimise `F(x) = 0.5 ||y - A x||^2 + lam ||x||_1` by proximal gradient steps. They are the
 classical baselines of the LISTA-stop experiment (Chen et al., ICML 2020, section 5.1), and
-`LISTA` unrolls the same step (`ista_step`) with learned weights.
+`LISTA` unrolls the same step with learned weights.
 """
 
 from __future__ import annotations
