@@ -3,7 +3,8 @@
 * `oracle_stop_distribution`, `oracle_loss` (Stage I), `stop_log_distribution`,
   `imitation_loss` (Stage II) and `variational_loss` (Stage III): the stop-time math, on
   ``(T, B)`` per-step tensors.
-* `StopPolicy`: the default policy network ``pi_phi``.
+* `StopPolicy`: the default policy network ``pi_phi``; `ResidualStopPolicy`, one that also
+  reads the residual of an inverse problem (LISTA-stop's).
 * `AdaptiveDepthMixin`: per-step predictions, the stage losses and batched early exit.
 * `AdaptiveDepthModule`: the mixin on a `LightningModule` that trains plainly without the
   callback and by its stages with it (the base of `LISTARecovery` and `EarlyExitClassifier`).
@@ -33,6 +34,7 @@ from lightning_automl.stopping.lista import LISTA, analytic_weight, support_sele
 from lightning_automl.stopping.lista_recovery import LISTARecovery
 from lightning_automl.stopping.metrics import NMSEDecibels, nmse_db
 from lightning_automl.stopping.policy import StopPolicy
+from lightning_automl.stopping.residual_policy import ResidualStopPolicy
 from lightning_automl.stopping.stop_time import (
     imitation_loss,
     oracle_loss,
@@ -48,6 +50,7 @@ __all__ = [
     "EarlyExitClassifier",
     "LISTARecovery",
     "NMSEDecibels",
+    "ResidualStopPolicy",
     "StopPolicy",
     "StopPolicyCallback",
     "StopSchedule",

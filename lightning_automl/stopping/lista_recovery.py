@@ -15,6 +15,7 @@ from lightning_automl.stopping.adaptive_depth_module import AdaptiveDepthModule
 from lightning_automl.stopping.lista import LISTA
 from lightning_automl.stopping.metrics import NMSEDecibels
 from lightning_automl.stopping.policy import StopPolicy
+from lightning_automl.stopping.residual_policy import ResidualStopPolicy
 
 __all__ = ["LISTARecovery"]
 
@@ -24,8 +25,8 @@ class LISTARecovery(AdaptiveDepthModule):
 
     Without a `StopPolicyCallback` it trains the usual way, on the last layer's squared error.
     With one, ``training_step`` returns `adaptive_depth_loss`: Stage I trains every layer on the
-    softmin of the per-layer errors, Stage II a `StopPolicy` that reads the layer's estimate
-    ``x_t`` and the measurements ``y`` (so also the residual ``y - A x_t``) and the layer index.
+    softmin of the per-layer errors, Stage II a `ResidualStopPolicy` that reads the layer's
+    estimate ``x_t``, the residual ``y - A x_t``, the measurements ``y`` and the layer index.
 
     The defaults are the LISTA-CPSS variant (support selection, Chen et al. 2018) from ALISTA's
     analytic weights (Liu et al. 2019) with a higher learning rate for the thresholds: at
@@ -116,8 +117,8 @@ class LISTARecovery(AdaptiveDepthModule):
         return y
 
     def build_stop_policy(self) -> StopPolicy:
-        m, n = self.lista.A.shape
-        return StopPolicy(n, m, hidden_dims=tuple(self.hparams["policy_hidden_dims"]))
+        hidden_dims = tuple(self.hparams["policy_hidden_dims"])
+        return ResidualStopPolicy.for_matrix(self.lista.A, hidden_dims=hidden_dims)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -60,7 +60,7 @@ class StopPolicy(PretrainedMixin, nn.Module):
         self.summary_dim = summary_dim
         self.hidden_dims = tuple(hidden_dims)
         self.step_encoding_dim = step_encoding_dim
-        widths = [prediction_dim + summary_dim + step_encoding_dim, *hidden_dims]
+        widths = [self.feature_dim() + step_encoding_dim, *hidden_dims]
         layers: list[nn.Module] = []
         for width_in, width_out in pairwise(widths):
             layers += [nn.Linear(width_in, width_out), nn.ReLU()]
@@ -75,6 +75,22 @@ class StopPolicy(PretrainedMixin, nn.Module):
             "step_encoding_dim": self.step_encoding_dim,
         }
 
+    def feature_dim(self) -> int:
+        """Width of `features`' output, the MLP's input before the step encoding."""
+        return self.prediction_dim + self.summary_dim
+
+    def features(self, prediction: Tensor, summary: Tensor | None) -> Tensor:
+        """What the MLP reads of a (sample, step): ``(N, feature_dim())``.
+
+        Here the flattened prediction and summary side by side; a subclass may derive other
+        features from them (see `ResidualStopPolicy`).
+        """
+        if not self.summary_dim:
+            return prediction.flatten(1)
+        if summary is None:
+            raise ValueError(f"this StopPolicy reads a summary of {self.summary_dim} features")
+        return torch.cat([prediction.flatten(1), summary.flatten(1)], dim=-1)
+
     def forward(self, prediction: Tensor, step: Tensor, summary: Tensor | None = None) -> Tensor:
         """Stop logits for ``N`` (sample, step) pairs.
 
@@ -86,20 +102,14 @@ class StopPolicy(PretrainedMixin, nn.Module):
         Returns:
             ``(N,)`` logits of ``pi_t``.
         """
-        features = [prediction.flatten(1)]
-        if self.summary_dim:
-            if summary is None:
-                raise ValueError(f"this StopPolicy reads a summary of {self.summary_dim} features")
-            features.append(summary.flatten(1))
-        if self.step_encoding_dim:
-            features.append(step_encoding(step, self.step_encoding_dim))
-        inputs = torch.cat(features, dim=-1)
-        expected = self.prediction_dim + self.summary_dim + self.step_encoding_dim
-        if inputs.size(-1) != expected:
+        inputs = self.features(prediction, summary)
+        if inputs.size(-1) != self.feature_dim():
             raise ValueError(
-                f"StopPolicy expects {self.prediction_dim} prediction and {self.summary_dim} "
-                f"summary features, got {inputs.size(-1) - self.step_encoding_dim} in all"
+                f"{type(self).__name__} expects {self.prediction_dim} prediction and "
+                f"{self.summary_dim} summary features, got {inputs.size(-1)} features in all"
             )
+        if self.step_encoding_dim:
+            inputs = torch.cat([inputs, step_encoding(step, self.step_encoding_dim)], dim=-1)
         return self.mlp(inputs).squeeze(-1)
 
     def step_logits(self, predictions: Tensor, summary: Tensor | None = None) -> Tensor:
