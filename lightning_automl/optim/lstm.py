@@ -1,0 +1,213 @@
+"""`LSTMOptimizer`: the learned optimizer of L2L as a ``torch.optim.Optimizer``.
+
+References:
+    M. Andrychowicz et al. Learning to learn by gradient descent by gradient descent.
+    NeurIPS 2016: the update ``theta_{t+1} = theta_t + g_t`` with
+    ``(g_t, h_{t+1}) = m(grad_t, h_t; phi)`` (section 2) and the coordinatewise LSTM ``m``
+    (section 2.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, overload
+
+import torch
+from torch.optim.optimizer import Optimizer, ParamsT, StateDict
+
+from lightning_automl.core.pretrained import PretrainedError
+from lightning_automl.core.validation import check_bool
+from lightning_automl.optim.coordinate_lstm import CoordinateLSTM, check_coordinate_lstm_config
+
+__all__ = ["LSTMOptimizer"]
+
+NETWORK_KEY = "coordinate_lstm"
+"""Key of ``state_dict()`` holding the network's config and weights."""
+SKIPPED_STEPS_KEY = "skipped_steps"
+"""Key of ``state_dict()`` holding `LSTMOptimizer.skipped_steps`."""
+
+
+class LSTMOptimizer(Optimizer):
+    """The coordinatewise LSTM optimizer of L2L: ``theta_{t+1} = theta_t + g_t``.
+
+    ``(g_t, h_{t+1}) = m(grad_t, h_t; phi)`` with ``m`` a `CoordinateLSTM` (section 2). Each
+    step concatenates the gradients of all parameters that have one into a single batch and runs
+    ``m`` once on it.
+
+    State: ``self.state[p]`` holds ``"hidden"`` and ``"cell"``, each of shape
+    ``(num_layers, p.numel(), hidden_size)`` in ``p``'s dtype (torch casts optimizer state to the
+    parameter's dtype on load). ``state_dict()`` adds the network's config and weights under
+    ``"coordinate_lstm"`` and `skipped_steps` under ``"skipped_steps"``, so a checkpoint resumes
+    bit for bit.
+
+    Dtype: the gradients are preprocessed in float32 (float64 for float64 parameters), then
+    ``m`` computes in its weights' dtype, float32; each update is added in its parameter's dtype.
+    The states of a float64 parameter are exact copies of the float32 ones; those of a float16 or
+    bfloat16 parameter are rounded at every step.
+
+    Args:
+        params: Parameters or param groups, as for any torch optimizer.
+        pretrained: A shipped L2L optimizer's name or the path of one saved with
+            `CoordinateLSTM.save_pretrained`; its card's config must equal ``hidden_size``,
+            ``num_layers``, ``preprocess_p`` and ``output_scale``. ``None``: random weights, to
+            be meta-trained.
+        hidden_size: Units per LSTM layer.
+        num_layers: Stacked LSTM layers.
+        preprocess_p: ``p`` of the gradient preprocessing (appendix A).
+        output_scale: Constant factor on the network's output.
+        skip_nonfinite: On NaN or inf gradients, skip the step (no update, state unchanged) and
+            count it in `skipped_steps` instead of raising ``FloatingPointError``.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        pretrained: str | None = None,
+        hidden_size: int = 20,
+        num_layers: int = 2,
+        preprocess_p: float = 10.0,
+        output_scale: float = 0.1,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        param_list: list[Any] = list(params)
+        if not param_list:
+            raise ValueError("params must hold at least one tensor or param group, got none")
+        check_coordinate_lstm_config(hidden_size, num_layers, preprocess_p, output_scale)
+        check_bool("skip_nonfinite", skip_nonfinite)
+        super().__init__(param_list, defaults={})
+        config: dict[str, Any] = {
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "preprocess_p": float(preprocess_p),
+            "output_scale": float(output_scale),
+        }
+        self.network = (
+            CoordinateLSTM(**config) if pretrained is None else _load_network(pretrained, config)
+        )
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+        """Steps skipped because of NaN or inf gradients (with ``skip_nonfinite``)."""
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Update every parameter that has a gradient by one call of the network.
+
+        Args:
+            closure: Re-evaluates the model and returns the loss, as for any torch optimizer.
+
+        Raises:
+            FloatingPointError: A gradient holds NaN or inf (without ``skip_nonfinite``).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params, grads = [], []
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    if param.grad.is_sparse or param.is_complex():
+                        raise RuntimeError(
+                            "LSTMOptimizer supports dense gradients of real parameters only"
+                        )
+                    params.append(param)
+                    grads.append(param.grad)
+        if not params:
+            return loss
+        flat_grad = torch.cat([grad.reshape(-1) for grad in grads])  # (N,)
+        if not torch.isfinite(flat_grad).all():
+            if self.skip_nonfinite:
+                self.skipped_steps += 1
+                return loss
+            raise FloatingPointError(self._nonfinite_message())
+
+        for param in params:
+            state = self.state[param]
+            if not state:
+                state["hidden"], state["cell"] = self.network.initial_state(
+                    param.numel(), dtype=param.dtype, device=param.device
+                )
+        if self.network.head.weight.device != flat_grad.device:
+            self.network.to(flat_grad.device)
+        update, hidden, cell = self.network(
+            flat_grad,
+            torch.cat([self.state[p]["hidden"] for p in params], dim=1).to(self.network.dtype),
+            torch.cat([self.state[p]["cell"] for p in params], dim=1).to(self.network.dtype),
+        )  # (N,), (num_layers, N, hidden_size) twice
+        sizes = [p.numel() for p in params]
+        for param, param_update, param_hidden, param_cell in zip(
+            params,
+            update.split(sizes),
+            hidden.split(sizes, dim=1),
+            cell.split(sizes, dim=1),
+            strict=True,
+        ):
+            state = self.state[param]
+            state["hidden"].copy_(param_hidden)
+            state["cell"].copy_(param_cell)
+            param.add_(param_update.view_as(param))
+        return loss
+
+    def _nonfinite_message(self) -> str:
+        for group_index, group in enumerate(self.param_groups):
+            for index, param in enumerate(group["params"]):
+                if param.grad is not None and not torch.isfinite(param.grad).all():
+                    return (
+                        f"the gradient of parameter {index} of param group {group_index} "
+                        f"(shape {tuple(param.shape)}) holds NaN or inf; "
+                        "LSTMOptimizer(skip_nonfinite=True) skips such steps instead"
+                    )
+        return "a gradient holds NaN or inf"
+
+    def state_dict(self) -> StateDict:
+        """The torch optimizer state plus the network's config and weights and `skipped_steps`."""
+        state_dict = super().state_dict()
+        state_dict[NETWORK_KEY] = {
+            "config": self.network.pretrained_config(),
+            "weights": self.network.state_dict(),
+        }
+        state_dict[SKIPPED_STEPS_KEY] = self.skipped_steps
+        return state_dict
+
+    def load_state_dict(self, state_dict: StateDict) -> None:
+        """Restore what `state_dict` returned; the network's config must equal this one's."""
+        state_dict = dict(state_dict)
+        network = state_dict.pop(NETWORK_KEY, None)
+        skipped_steps = state_dict.pop(SKIPPED_STEPS_KEY, 0)
+        if network is None:
+            raise ValueError(
+                f"the optimizer state has no {NETWORK_KEY!r} entry: it was not saved by "
+                "LSTMOptimizer"
+            )
+        config = self.network.pretrained_config()
+        if network["config"] != config:
+            raise ValueError(
+                f"the optimizer state holds a network with config {network['config']}, but this "
+                f"LSTMOptimizer has {config}"
+            )
+        super().load_state_dict(state_dict)
+        self.network.load_state_dict(network["weights"])
+        self.skipped_steps = skipped_steps
+
+
+def _load_network(name_or_path: str, config: dict[str, Any]) -> CoordinateLSTM:
+    """The pretrained network, after checking that its card's config equals ``config``."""
+    network = CoordinateLSTM.from_pretrained(name_or_path)
+    trained = network.pretrained_config()
+    if trained != config:
+        differences = ", ".join(
+            f"{key}={trained[key]!r} (given {config[key]!r})"
+            for key in config
+            if trained.get(key) != config[key]
+        )
+        raise PretrainedError(
+            f"pretrained L2L optimizer {name_or_path!r} was trained with {differences}: pass "
+            "these values to LSTMOptimizer"
+        )
+    return network
