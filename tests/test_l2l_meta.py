@@ -266,7 +266,7 @@ def test_resume_with_another_family_or_world_size_is_refused(tmp_path):
         quiet_trainer(max_steps=2).fit(same, ckpt_path=tmp_path / "two_ranks.ckpt")
 
 
-def test_save_pretrained_loads_into_lstm_optimizer(tmp_path):
+def test_save_pretrained_loads_into_lstm_optimizer_and_fine_tuning(tmp_path):
     module = L2LMetaModule(
         QuadraticFamily(dim=4), num_tasks=2, horizon=4, unroll=2, hidden_size=8, output_scale=0.05
     )
@@ -281,15 +281,16 @@ def test_save_pretrained_loads_into_lstm_optimizer(tmp_path):
         "output_scale": 0.05,
     }
     optimizer = LSTMOptimizer(
-        [nn.Parameter(torch.zeros(3))],
-        pretrained=str(tmp_path / "l2l-quadratic"),
-        hidden_size=8,
-        output_scale=0.05,
+        [nn.Parameter(torch.zeros(3))], pretrained=str(tmp_path / "l2l-quadratic")
     )
+    fine_tuning = L2LMetaModule(
+        QuadraticFamily(dim=4), num_tasks=2, horizon=4, unroll=2,
+        pretrained=str(tmp_path / "l2l-quadratic"),
+    )  # fmt: skip
     trained = module.network.state_dict()
-    loaded = optimizer.network.state_dict()
-    assert loaded.keys() == trained.keys()
-    assert all(torch.equal(loaded[key], trained[key]) for key in trained)
+    for loaded in (optimizer.network.state_dict(), fine_tuning.network.state_dict()):
+        assert loaded.keys() == trained.keys()
+        assert all(torch.equal(loaded[key], trained[key]) for key in trained)
     assert not all(torch.equal(initial[key], trained[key]) for key in trained)
 
 

@@ -227,10 +227,10 @@ def shipped_l2l(tmp_path, monkeypatch):
     return network
 
 
-def test_pretrained_name_loads_the_weights(shipped_l2l):
-    optimizer = LSTMOptimizer(
-        small_model().parameters(), pretrained="l2l-toy", hidden_size=8, output_scale=0.05
-    )
+@pytest.mark.parametrize("repeated", [{}, {"hidden_size": 8, "output_scale": 0.05}])
+def test_pretrained_name_loads_the_weights_and_the_card_config(shipped_l2l, repeated):
+    optimizer = LSTMOptimizer(small_model().parameters(), pretrained="l2l-toy", **repeated)
+    assert optimizer.network.pretrained_config() == shipped_l2l.pretrained_config()
     loaded, saved = optimizer.network.state_dict(), shipped_l2l.state_dict()
     assert loaded.keys() == saved.keys()
     assert all(torch.equal(loaded[key], saved[key]) for key in saved)
@@ -240,7 +240,9 @@ def test_pretrained_with_another_config_or_unknown_name_is_refused(shipped_l2l):
     with pytest.raises(
         PretrainedError, match=r"trained with hidden_size=8 \(given 20\), output_scale=0.05"
     ):
-        LSTMOptimizer(small_model().parameters(), pretrained="l2l-toy")
+        LSTMOptimizer(
+            small_model().parameters(), pretrained="l2l-toy", hidden_size=20, output_scale=0.1
+        )
     with pytest.raises(ValueError, match=r"unknown pretrained component 'nope'.*known: l2l-toy"):
         LSTMOptimizer(small_model().parameters(), pretrained="nope")
 

@@ -34,7 +34,7 @@ from lightning_automl.l2l.unroll import (
     run_unroll,
     start_inner_loop,
 )
-from lightning_automl.optim.coordinate_lstm import CoordinateLSTM, check_coordinate_lstm_config
+from lightning_automl.optim.coordinate_lstm import build_coordinate_lstm
 
 __all__ = ["INNER_LOOP_KEY", "L2LMetaModule"]
 
@@ -93,10 +93,12 @@ class L2LMetaModule(LightningModule):
         unroll: Inner steps per training step, the truncation of BPTT (20 in the paper);
             ``horizon`` must be a multiple of it.
         meta_lr: Learning rate of Adam on the network's weights.
-        hidden_size: Units per LSTM layer.
-        num_layers: Stacked LSTM layers.
-        preprocess_p: ``p`` of the gradient preprocessing.
-        output_scale: Constant factor on the network's output.
+        pretrained: Start from this shipped L2L optimizer (name or path) instead of random
+            weights: fine-tuning. Its card sets the network config.
+        hidden_size: Units per LSTM layer (``None``: the card's, else 20).
+        num_layers: Stacked LSTM layers (``None``: the card's, else 2).
+        preprocess_p: ``p`` of the gradient preprocessing (``None``: the card's, else 10).
+        output_scale: Constant factor on the network's output (``None``: the card's, else 0.1).
         second_order: Differentiate through the gradient inputs too (the paper does not).
         num_val_tasks: Held-out tasks of the validation loop (0: no validation).
         val_seed: Seed of the held-out tasks; it must differ from every rank's training seed.
@@ -110,10 +112,11 @@ class L2LMetaModule(LightningModule):
         horizon: int = 100,
         unroll: int = 20,
         meta_lr: float = 1e-3,
-        hidden_size: int = 20,
-        num_layers: int = 2,
-        preprocess_p: float = 10.0,
-        output_scale: float = 0.1,
+        pretrained: str | None = None,
+        hidden_size: int | None = None,
+        num_layers: int | None = None,
+        preprocess_p: float | None = None,
+        output_scale: float | None = None,
         second_order: bool = False,
         num_val_tasks: int = 0,
         val_seed: int = 1_000_000,
@@ -131,7 +134,6 @@ class L2LMetaModule(LightningModule):
                 f"horizon={horizon}, unroll={unroll}"
             )
         check_number("meta_lr", meta_lr, "a finite number > 0", lambda lr: 0 < lr < math.inf)
-        check_coordinate_lstm_config(hidden_size, num_layers, preprocess_p, output_scale)
         check_bool("second_order", second_order)
         check_non_negative_int("num_val_tasks", num_val_tasks)
         check_non_negative_int("val_seed", val_seed)
@@ -149,7 +151,9 @@ class L2LMetaModule(LightningModule):
         self.seed = seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.network = CoordinateLSTM(hidden_size, num_layers, preprocess_p, output_scale)
+            self.network = build_coordinate_lstm(
+                pretrained, hidden_size, num_layers, preprocess_p, output_scale
+            )
         self._generator: torch.Generator | None = None
         self._generator_state_before_tasks: Tensor | None = None
         self._tasks: ParallelTasks | None = None

@@ -15,10 +15,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_automl.core.pretrained import PretrainedMixin
+from lightning_automl.core.pretrained import PretrainedError, PretrainedMixin
 from lightning_automl.core.validation import check_number, check_positive_int
 
-__all__ = ["CoordinateLSTM", "check_coordinate_lstm_config", "preprocess_gradient"]
+__all__ = [
+    "PAPER_CONFIG",
+    "CoordinateLSTM",
+    "build_coordinate_lstm",
+    "check_coordinate_lstm_config",
+    "preprocess_gradient",
+]
+
+PAPER_CONFIG: dict[str, Any] = {
+    "hidden_size": 20,
+    "num_layers": 2,
+    "preprocess_p": 10.0,
+    "output_scale": 0.1,
+}
+"""The network of the paper's MNIST experiments, used where neither an argument nor a card says."""
 
 
 def check_coordinate_lstm_config(
@@ -120,3 +134,45 @@ class CoordinateLSTM(PretrainedMixin, nn.Module):
         output, (hidden, cell) = self.lstm(features.unsqueeze(0), (hidden, cell))  # (1, N, H)
         update = self.head(output.squeeze(0)).squeeze(-1) * self.output_scale  # (N,)
         return update, hidden, cell
+
+
+def build_coordinate_lstm(
+    pretrained: str | None = None,
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
+    preprocess_p: float | None = None,
+    output_scale: float | None = None,
+) -> CoordinateLSTM:
+    """A `CoordinateLSTM`: random, or the pretrained one ``pretrained`` names.
+
+    Each config argument left ``None`` takes the card's value (pretrained) or `PAPER_CONFIG`'s;
+    a value given with ``pretrained`` must equal the card's.
+
+    Raises:
+        ValueError: A config value is out of range.
+        PretrainedError: ``pretrained`` is unknown, fails its checksum, or its card disagrees
+            with a given value.
+    """
+    given = {
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "preprocess_p": preprocess_p,
+        "output_scale": output_scale,
+    }
+    config = {key: value for key, value in given.items() if value is not None}
+    check_coordinate_lstm_config(**{**PAPER_CONFIG, **config})
+    if pretrained is None:
+        return CoordinateLSTM(**{**PAPER_CONFIG, **config})
+    network = CoordinateLSTM.from_pretrained(pretrained)
+    trained = network.pretrained_config()
+    differences = ", ".join(
+        f"{key}={trained[key]!r} (given {value!r})"
+        for key, value in config.items()
+        if trained[key] != value
+    )
+    if differences:
+        raise PretrainedError(
+            f"pretrained L2L optimizer {pretrained!r} was trained with {differences}: leave "
+            "these arguments out (the card sets them) or pass the card's values"
+        )
+    return network

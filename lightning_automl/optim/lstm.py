@@ -15,9 +15,8 @@ from typing import Any, overload
 import torch
 from torch.optim.optimizer import Optimizer, ParamsT, StateDict
 
-from lightning_automl.core.pretrained import PretrainedError
 from lightning_automl.core.validation import check_bool
-from lightning_automl.optim.coordinate_lstm import CoordinateLSTM, check_coordinate_lstm_config
+from lightning_automl.optim.coordinate_lstm import build_coordinate_lstm
 
 __all__ = ["LSTMOptimizer"]
 
@@ -47,14 +46,15 @@ class LSTMOptimizer(Optimizer):
 
     Args:
         params: Parameters or param groups, as for any torch optimizer.
-        pretrained: A shipped L2L optimizer's name or the path of one saved with
-            `CoordinateLSTM.save_pretrained`; its card's config must equal ``hidden_size``,
-            ``num_layers``, ``preprocess_p`` and ``output_scale``. ``None``: random weights, to
-            be meta-trained.
-        hidden_size: Units per LSTM layer.
-        num_layers: Stacked LSTM layers.
-        preprocess_p: ``p`` of the gradient preprocessing (appendix A).
-        output_scale: Constant factor on the network's output.
+        pretrained: A shipped L2L optimizer's name (e.g. ``"l2l-mnist"``) or the path of one
+            saved with `CoordinateLSTM.save_pretrained`; the network's config comes from its
+            card. ``None``: random weights, to be meta-trained.
+        hidden_size: Units per LSTM layer (``None``: the card's, else 20).
+        num_layers: Stacked LSTM layers (``None``: the card's, else 2).
+        preprocess_p: ``p`` of the gradient preprocessing, appendix A (``None``: the card's,
+            else 10).
+        output_scale: Constant factor on the network's output (``None``: the card's, else 0.1).
+            A value given with ``pretrained`` must equal the card's.
         skip_nonfinite: On NaN or inf gradients, skip the step (no update, state unchanged) and
             count it in `skipped_steps` instead of raising ``FloatingPointError``.
     """
@@ -63,27 +63,20 @@ class LSTMOptimizer(Optimizer):
         self,
         params: ParamsT,
         pretrained: str | None = None,
-        hidden_size: int = 20,
-        num_layers: int = 2,
-        preprocess_p: float = 10.0,
-        output_scale: float = 0.1,
+        hidden_size: int | None = None,
+        num_layers: int | None = None,
+        preprocess_p: float | None = None,
+        output_scale: float | None = None,
         skip_nonfinite: bool = False,
     ) -> None:
         param_list: list[Any] = list(params)
         if not param_list:
             raise ValueError("params must hold at least one tensor or param group, got none")
-        check_coordinate_lstm_config(hidden_size, num_layers, preprocess_p, output_scale)
         check_bool("skip_nonfinite", skip_nonfinite)
-        super().__init__(param_list, defaults={})
-        config: dict[str, Any] = {
-            "hidden_size": hidden_size,
-            "num_layers": num_layers,
-            "preprocess_p": float(preprocess_p),
-            "output_scale": float(output_scale),
-        }
-        self.network = (
-            CoordinateLSTM(**config) if pretrained is None else _load_network(pretrained, config)
+        self.network = build_coordinate_lstm(
+            pretrained, hidden_size, num_layers, preprocess_p, output_scale
         )
+        super().__init__(param_list, defaults={})
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
         """Steps skipped because of NaN or inf gradients (with ``skip_nonfinite``)."""
@@ -194,20 +187,3 @@ class LSTMOptimizer(Optimizer):
         super().load_state_dict(state_dict)
         self.network.load_state_dict(network["weights"])
         self.skipped_steps = skipped_steps
-
-
-def _load_network(name_or_path: str, config: dict[str, Any]) -> CoordinateLSTM:
-    """The pretrained network, after checking that its card's config equals ``config``."""
-    network = CoordinateLSTM.from_pretrained(name_or_path)
-    trained = network.pretrained_config()
-    if trained != config:
-        differences = ", ".join(
-            f"{key}={trained[key]!r} (given {config[key]!r})"
-            for key in config
-            if trained.get(key) != config[key]
-        )
-        raise PretrainedError(
-            f"pretrained L2L optimizer {name_or_path!r} was trained with {differences}: pass "
-            "these values to LSTMOptimizer"
-        )
-    return network
