@@ -1,8 +1,10 @@
 """Fits a tiny model with 2 CPU processes (strategy="ddp", gloo); each rank writes a report.
 
-Run by the tests as ``python tests/ddp_fit_script.py OUT_DIR [classifier|adaptive]``; Lightning
-relaunches this script for rank 1. ``adaptive`` fits TinyAdaptive with a StopPolicyCallback
-(one epoch of Stage I, one of Stage II) and reports the policy's parameters as well.
+Run by the tests as ``python tests/ddp_fit_script.py OUT_DIR [classifier|adaptive|lstm]``;
+Lightning relaunches this script for rank 1. ``adaptive`` fits TinyAdaptive with a
+StopPolicyCallback (one epoch of Stage I, one of Stage II) and reports the policy's parameters
+as well; ``lstm`` fits TinyClassifier with an LSTMOptimizer, the global random state differing
+per rank.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from tiny import TinyAdaptive, TinyClassifier, TinyDataModule, quiet_trainer
 
+from lightning_automl.optim import LSTMOptimizer
 from lightning_automl.stopping import StopPolicyCallback
+
+
+class LSTMOptimizedClassifier(TinyClassifier):
+    def configure_optimizers(self):
+        torch.rand(self.global_rank + 1)  # the global random state now differs per rank
+        return LSTMOptimizer(self.parameters())
 
 
 class FirstBatch(Callback):
@@ -29,7 +38,7 @@ def main(out_dir: Path, which: str) -> None:
     seed_everything(0)
     first_batch = FirstBatch()
     callbacks: list[Callback] = [first_batch]
-    model = TinyAdaptive() if which == "adaptive" else TinyClassifier()
+    model = {"adaptive": TinyAdaptive, "lstm": LSTMOptimizedClassifier}.get(which, TinyClassifier)()
     if which == "adaptive":
         torch.manual_seed(int(os.environ.get("LOCAL_RANK", 0)))  # the policies start different
         policy = model.build_stop_policy()

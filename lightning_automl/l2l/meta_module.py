@@ -149,11 +149,9 @@ class L2LMetaModule(LightningModule):
         self.num_val_tasks = num_val_tasks
         self.val_seed = val_seed
         self.seed = seed
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.network = build_coordinate_lstm(
-                pretrained, hidden_size, num_layers, preprocess_p, output_scale
-            )
+        self.network = build_coordinate_lstm(
+            pretrained, hidden_size, num_layers, preprocess_p, output_scale, seed
+        )
         self._generator: torch.Generator | None = None
         self._generator_state_before_tasks: Tensor | None = None
         self._tasks: ParallelTasks | None = None

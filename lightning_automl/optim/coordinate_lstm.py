@@ -16,7 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_automl.core.pretrained import PretrainedError, PretrainedMixin
-from lightning_automl.core.validation import check_number, check_positive_int
+from lightning_automl.core.validation import (
+    check_non_negative_int,
+    check_number,
+    check_positive_int,
+)
 
 __all__ = [
     "PAPER_CONFIG",
@@ -142,11 +146,13 @@ def build_coordinate_lstm(
     num_layers: int | None = None,
     preprocess_p: float | None = None,
     output_scale: float | None = None,
+    seed: int = 0,
 ) -> CoordinateLSTM:
     """A `CoordinateLSTM`: random, or the pretrained one ``pretrained`` names.
 
     Each config argument left ``None`` takes the card's value (pretrained) or `PAPER_CONFIG`'s;
-    a value given with ``pretrained`` must equal the card's.
+    a value given with ``pretrained`` must equal the card's. Random weights are drawn from
+    ``seed`` alone (not the global random state), so every DDP rank builds the same network.
 
     Raises:
         ValueError: A config value is out of range.
@@ -161,8 +167,11 @@ def build_coordinate_lstm(
     }
     config = {key: value for key, value in given.items() if value is not None}
     check_coordinate_lstm_config(**{**PAPER_CONFIG, **config})
+    check_non_negative_int("seed", seed)
     if pretrained is None:
-        return CoordinateLSTM(**{**PAPER_CONFIG, **config})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return CoordinateLSTM(**{**PAPER_CONFIG, **config})
     network = CoordinateLSTM.from_pretrained(pretrained)
     trained = network.pretrained_config()
     differences = ", ".join(

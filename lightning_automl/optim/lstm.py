@@ -57,6 +57,8 @@ class LSTMOptimizer(Optimizer):
             A value given with ``pretrained`` must equal the card's.
         skip_nonfinite: On NaN or inf gradients, skip the step (no update, state unchanged) and
             count it in `skipped_steps` instead of raising ``FloatingPointError``.
+        seed: Seed of the random weights (without ``pretrained``); they do not depend on the
+            global random state, so every DDP rank applies the same update rule.
     """
 
     def __init__(
@@ -68,13 +70,14 @@ class LSTMOptimizer(Optimizer):
         preprocess_p: float | None = None,
         output_scale: float | None = None,
         skip_nonfinite: bool = False,
+        seed: int = 0,
     ) -> None:
         param_list: list[Any] = list(params)
         if not param_list:
             raise ValueError("params must hold at least one tensor or param group, got none")
         check_bool("skip_nonfinite", skip_nonfinite)
         self.network = build_coordinate_lstm(
-            pretrained, hidden_size, num_layers, preprocess_p, output_scale
+            pretrained, hidden_size, num_layers, preprocess_p, output_scale, seed
         )
         super().__init__(param_list, defaults={})
         self.skip_nonfinite = skip_nonfinite
