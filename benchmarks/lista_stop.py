@@ -44,7 +44,7 @@ LAMBDAS = (0.003, 0.01, 0.03, 0.1, 0.2, 0.3)
 NUM_LAYERS = 20
 STAGE_EPOCHS = (3, 2)  # Stage I (also plain LISTA's epochs), Stage II
 LISTA_SETTINGS = {"num_layers": NUM_LAYERS, "lr_decay_epochs": STAGE_EPOCHS[0]}
-STOPPING = {"beta": 0.03, "step_cost": 0.02}  # in units of the noise energy per sample
+STOPPING = {"beta": 0.02, "step_cost": 0.02}  # in units of the noise energy per sample
 
 
 def tuned_baseline(solver, data: SparseRecoveryDataModule, iterations: int) -> dict[str, float]:
