@@ -91,7 +91,7 @@ def test_two_steps_match_the_hand_written_lstm(dtype):
     )
 
 
-def test_all_coordinates_go_through_the_network_in_one_call():
+def test_all_coordinates_of_a_small_model_go_through_the_network_in_one_call():
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     frozen = nn.Parameter(torch.ones(5))
     optimizer = LSTMOptimizer([*model.parameters(), frozen])
@@ -105,6 +105,23 @@ def test_all_coordinates_go_through_the_network_in_one_call():
         optimizer.step()
     assert batch_sizes == [4 * 3 + 3 + 3 * 2 + 2] * 3
     assert frozen not in optimizer.state and torch.equal(frozen, torch.ones(5))
+
+
+def test_chunked_step_equals_one_call_of_the_network_on_all_coordinates():
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(7000)), nn.Parameter(torch.randn(50, 40))]  # > 2 chunks
+    for param in params:
+        param.grad = torch.randn_like(param)
+    before = torch.cat([p.detach().flatten() for p in params])
+    optimizer = LSTMOptimizer(params)
+    optimizer.step()
+    grad = torch.cat([p.grad.flatten() for p in params])
+    with torch.no_grad():
+        update, hidden, _ = optimizer.network(grad, *optimizer.network.initial_state(len(grad)))
+    after = torch.cat([p.detach().flatten() for p in params])
+    torch.testing.assert_close(after, before + update)
+    states = torch.cat([optimizer.state[p]["hidden"] for p in params], dim=1)
+    torch.testing.assert_close(states, hidden)
 
 
 def test_closure_is_evaluated_and_its_loss_returned():
