@@ -1,0 +1,264 @@
+"""L2L (Andrychowicz et al., NeurIPS 2016): the shipped LSTM optimizers against tuned baselines.
+
+Problems, each over held-out tasks (fresh initial parameters and minibatch streams):
+
+- ``quadratic``: random 10-d quadratics ``||W theta - y||^2``, optimizer ``l2l-quadratic``;
+- ``mnist``: an MLP with 20 sigmoid units on MNIST (standardised pixels), batch 128, optimizer
+  ``l2l-mnist``;
+- ``mnist_40_units``, ``mnist_2_layers``, ``mnist_relu``: the paper's generalisation tests,
+  the same ``l2l-mnist`` without retraining.
+
+Baselines: SGD, NAG (momentum 0.9), RMSprop and Adam, each with the learning rate of a
+half-decade grid that gives the lowest mean loss at step 100 on tuning tasks separate from the
+evaluation tasks. Reported: the mean (and std) of the training loss ``f(theta_t)`` on the
+step's minibatch at steps 100 and 200. Speed: the time of one ``step()`` against
+``torch.optim.Adam`` for 1e4, 1e5 and 1e6 parameters, and the LSTM's achieved GFLOP/s (its
+matrix products, counted) as a fraction of a ``torch.matmul`` measured in the same run.
+
+    python benchmarks/l2l.py            # the full run (see the docs for its time)
+    python benchmarks/l2l.py --quick    # smoke run, small budget; needs no shipped weights
+
+Targets (issue 4): at step 100 the learned optimizer below every tuned baseline on
+``quadratic`` and on ``mnist``, below tuned Adam on ``mnist_40_units`` and ``mnist_2_layers``
+(``mnist_relu`` is reported); the LSTM step at 1e6 parameters at least 20 % of the matmul
+GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a shared machine
+
+import matplotlib
+import torch
+from harness import Report, format_table, parse_args, target
+from torch import Tensor, nn
+
+from lightning_automl.core.tasks import QuadraticFamily, TaskFamily
+from lightning_automl.l2l import MNISTMLPFamily
+from lightning_automl.optim import LSTMOptimizer
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt
+
+NAME = "l2l"
+BASELINES: dict[str, Callable[[list[Tensor], float], torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr),
+    "nag": lambda params, lr: torch.optim.SGD(params, lr, momentum=0.9, nesterov=True),
+    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr),
+    "adam": lambda params, lr: torch.optim.Adam(params, lr),
+}
+LR_GRID = [10 ** (k / 2) for k in range(-8, 3)]  # 1e-4 ... 10, half decades
+TUNING_SEEDS = range(1000, 1005)
+EVALUATION_SEEDS = range(2000, 2010)
+REPORT_STEPS = (100, 200)
+SPEED_SIZES = (10**4, 10**5, 10**6)
+
+
+def problems(data_dir: str) -> dict[str, tuple[TaskFamily, str]]:
+    """Name -> (task family, shipped optimizer that is evaluated on it)."""
+    return {
+        "quadratic": (QuadraticFamily(dim=10), "l2l-quadratic"),
+        "mnist": (MNISTMLPFamily(data_dir), "l2l-mnist"),
+        "mnist_40_units": (MNISTMLPFamily(data_dir, hidden=40), "l2l-mnist"),
+        "mnist_2_layers": (MNISTMLPFamily(data_dir, depth=2), "l2l-mnist"),
+        "mnist_relu": (MNISTMLPFamily(data_dir, activation="relu"), "l2l-mnist"),
+    }
+
+
+def loss_curve(
+    family: TaskFamily,
+    seed: int,
+    make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer],
+    steps: int,
+) -> list[float]:
+    """``f(theta_t)`` on the step's minibatch for ``t = 0 .. steps`` (inf once not finite)."""
+    task = family.sample(torch.Generator().manual_seed(seed))
+    params = {name: nn.Parameter(value) for name, value in task.initial_params().items()}
+    optimizer = make_optimizer(list(params.values()))
+    curve = []
+    for _ in range(steps + 1):
+        loss = task.loss(params, task.next_batch())
+        if not torch.isfinite(loss):
+            return curve + [math.inf] * (steps + 1 - len(curve))
+        curve.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return curve
+
+
+def tuned_lr(
+    family: TaskFamily, baseline: str, seeds: range, grid: list[float], step: int
+) -> float:
+    """The learning rate of ``grid`` with the lowest mean loss at ``step`` over ``seeds``."""
+
+    def mean_loss(lr: float) -> float:
+        curves = [loss_curve(family, s, lambda p: BASELINES[baseline](p, lr), step) for s in seeds]
+        return statistics.fmean(curve[step] for curve in curves)
+
+    return min(grid, key=mean_loss)
+
+
+def summary(curves: list[list[float]], steps: tuple[int, ...]) -> dict:
+    """Mean curve and mean / std of the loss at each of ``steps`` over the tasks."""
+    at = {t: [curve[t] for curve in curves] for t in steps}
+    return {
+        "mean_curve": [statistics.fmean(values) for values in zip(*curves, strict=True)],
+        **{f"mean_at_{t}": statistics.fmean(at[t]) for t in steps},
+        **{f"std_at_{t}": statistics.pstdev(at[t]) for t in steps},
+    }
+
+
+def compare(family: TaskFamily, pretrained: str | None, quick: bool) -> dict:
+    """The learned optimizer and the tuned baselines on the evaluation tasks of ``family``."""
+    steps = (10, 20) if quick else REPORT_STEPS
+    tuning_seeds, evaluation_seeds = (
+        (range(2), range(100, 102))
+        if quick
+        else (
+            TUNING_SEEDS,
+            EVALUATION_SEEDS,
+        )
+    )
+    grid = LR_GRID[::4] if quick else LR_GRID
+    result = {}
+    for name in BASELINES:
+        lr = tuned_lr(family, name, tuning_seeds, grid, steps[0])
+        curves = [
+            loss_curve(family, s, lambda p, n=name, r=lr: BASELINES[n](p, r), steps[-1])
+            for s in evaluation_seeds
+        ]
+        result[name] = {"lr": lr, **summary(curves, steps)}
+    curves = [
+        loss_curve(family, s, lambda p: LSTMOptimizer(p, pretrained=pretrained), steps[-1])
+        for s in evaluation_seeds
+    ]
+    result["l2l"] = {"pretrained": pretrained or "untrained", **summary(curves, steps)}
+    return result
+
+
+def lstm_flops_per_coordinate(optimizer: LSTMOptimizer) -> int:
+    """Multiply-adds x 2 of the network's matrix products for one coordinate and step."""
+    network = optimizer.network
+    hidden, inputs = network.hidden_size, 2
+    flops = 0
+    for _ in range(network.num_layers):
+        flops += 2 * (inputs + hidden) * 4 * hidden  # the four gates
+        inputs = hidden
+    return flops + 2 * hidden  # the linear output
+
+
+def seconds_per_call(function: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``function()`` over ``repeats`` calls, after one warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def speed(pretrained: str | None, quick: bool) -> dict:
+    """``step()`` time against Adam and the LSTM's GFLOP/s against ``torch.matmul``'s."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    matmul_gflops = 2 * 2048**3 / seconds_per_call(lambda: a @ b, 5) / 1e9
+    result: dict = {"matmul_gflops": matmul_gflops}
+    for size in SPEED_SIZES[:2] if quick else SPEED_SIZES:
+        params = [nn.Parameter(torch.randn(size // 4)) for _ in range(4)]
+        for param in params:
+            param.grad = 1e-3 * torch.randn_like(param)
+        learned = LSTMOptimizer(params, pretrained=pretrained)
+        adam = torch.optim.Adam([nn.Parameter(p.detach().clone()) for p in params])
+        for param, twin in zip(params, adam.param_groups[0]["params"], strict=True):
+            twin.grad = param.grad.clone()
+        repeats = 3 if quick else 10
+        learned_seconds = seconds_per_call(learned.step, repeats)
+        adam_seconds = seconds_per_call(adam.step, repeats)
+        gflops = lstm_flops_per_coordinate(learned) * size / learned_seconds / 1e9
+        result[f"params_{size}"] = {
+            "lstm_step_ms": 1e3 * learned_seconds,
+            "adam_step_ms": 1e3 * adam_seconds,
+            "time_ratio_to_adam": learned_seconds / adam_seconds,
+            "lstm_gflops": gflops,
+            "fraction_of_matmul": gflops / matmul_gflops,
+        }
+    return result
+
+
+def main() -> None:
+    args = parse_args(NAME, __doc__.splitlines()[0])
+    report = Report(NAME, args)
+    torch.manual_seed(0)
+    families = problems(str(args.data_dir / "mnist"))
+    if args.quick:  # the code path only: no shipped weights needed
+        families = {name: (family, None) for name, (family, _) in families.items()}
+    results = {name: compare(family, pre, args.quick) for name, (family, pre) in families.items()}
+    step = 10 if args.quick else REPORT_STEPS[0]
+    learned = {name: results[name]["l2l"][f"mean_at_{step}"] for name in results}
+    targets = [
+        target(f"l2l_below_{baseline}_at_{step}_{name}", learned[name], tuned, "<")
+        for name in ("quadratic", "mnist")
+        for baseline in BASELINES
+        for tuned in [results[name][baseline][f"mean_at_{step}"]]
+    ]
+    targets += [
+        target(f"l2l_below_adam_at_{step}_{name}", learned[name], tuned, "<")
+        for name in ("mnist_40_units", "mnist_2_layers")
+        for tuned in [results[name]["adam"][f"mean_at_{step}"]]
+    ]
+    results["speed"] = speed(None if args.quick else "l2l-mnist", args.quick)
+    largest = max(key for key in results["speed"] if key.startswith("params_"))
+    targets.append(
+        target(
+            f"lstm_gflops_fraction_of_matmul_{largest}",
+            results["speed"][largest]["fraction_of_matmul"],
+            0.2,
+            ">=",
+        )
+    )
+    steps = (10, 20) if args.quick else REPORT_STEPS
+    rows = [
+        [
+            f"{problem} {name}",
+            *(entry[f"mean_at_{t}"] for t in steps),
+            entry.get("lr", entry.get("pretrained")),
+        ]
+        for problem in families
+        for name, entry in results[problem].items()
+    ]
+    table = format_table(["problem / optimizer", *(f"loss@{t}" for t in steps), "lr"], rows)
+    speed_rows = [
+        [key, v["lstm_step_ms"], v["adam_step_ms"], v["time_ratio_to_adam"], v["lstm_gflops"]]
+        for key, v in results["speed"].items()
+        if key.startswith("params_")
+    ]
+    table += "\n\n" + format_table(
+        ["model", "lstm ms", "adam ms", "ratio", "lstm GFLOP/s"], speed_rows
+    )
+    table += f"\nmatmul: {results['speed']['matmul_gflops']:.1f} GFLOP/s"
+    results["settings"] = {
+        "lr_grid": LR_GRID,
+        "tuning_seeds": list(TUNING_SEEDS),
+        "evaluation_seeds": list(EVALUATION_SEEDS),
+    }
+    report.write(results, targets, table)
+
+    figure, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 3.6))
+    for axis, problem in zip(axes, families, strict=True):
+        for name, entry in results[problem].items():
+            axis.plot(entry["mean_curve"], label=name, lw=2 if name == "l2l" else 1)
+        axis.set(title=problem, xlabel="step", ylabel="training loss", yscale="log")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(report.png, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
