@@ -12,6 +12,7 @@ from shared_data import SHARED_DATA, requires_shared_data
 BENCHMARKS = [
     pytest.param("early_exit", marks=requires_shared_data("mnist")),
     pytest.param("lista_stop"),
+    pytest.param("l2l", marks=requires_shared_data("mnist")),
 ]
 
 
