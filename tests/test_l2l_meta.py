@@ -20,14 +20,7 @@ from lightning_automl.l2l import L2LMetaModule, ParallelTasks, run_unroll, start
 from lightning_automl.l2l.meta_module import INNER_LOOP_KEY
 from lightning_automl.optim import CoordinateLSTM, LSTMOptimizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tensors here are tiny: more threads only add synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

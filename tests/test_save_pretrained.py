@@ -12,13 +12,7 @@ from lightning_automl.core.pretrained import read_pretrained
 from lightning_automl.core.tasks import QuadraticFamily
 from lightning_automl.l2l import L2LMetaModule
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def module() -> L2LMetaModule:
