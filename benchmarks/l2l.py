@@ -6,7 +6,9 @@ Problems, each over held-out tasks (fresh initial parameters and minibatch strea
 - ``mnist``: an MLP with 20 sigmoid units on MNIST (standardised pixels), batch 128, optimizer
   ``l2l-mnist``;
 - ``mnist_40_units``, ``mnist_2_layers``, ``mnist_relu``: the paper's generalisation tests,
-  the same ``l2l-mnist`` without retraining.
+  the same ``l2l-mnist`` without retraining;
+- ``mnist_mixed_on_sigmoid``, ``mnist_mixed_on_relu``: ``l2l-mnist-mixed``, meta-trained on
+  sigmoid and ReLU MLPs (``recipes/l2l/mnist_mixed.yaml``), on each kind.
 
 Baselines: SGD, NAG (momentum 0.9), RMSprop and Adam, each with the learning rate of a
 half-decade grid that gives the lowest mean loss at step 100 on tuning tasks separate from the
@@ -68,6 +70,8 @@ def problems(data_dir: str) -> dict[str, tuple[TaskFamily, str]]:
         "mnist_40_units": (MNISTMLPFamily(data_dir, hidden=40), "l2l-mnist"),
         "mnist_2_layers": (MNISTMLPFamily(data_dir, depth=2), "l2l-mnist"),
         "mnist_relu": (MNISTMLPFamily(data_dir, activation="relu"), "l2l-mnist"),
+        "mnist_mixed_on_sigmoid": (MNISTMLPFamily(data_dir), "l2l-mnist-mixed"),
+        "mnist_mixed_on_relu": (MNISTMLPFamily(data_dir, activation="relu"), "l2l-mnist-mixed"),
     }
 
 
@@ -250,12 +254,15 @@ def main() -> None:
     }
     report.write(results, targets, table)
 
-    figure, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 3.6))
-    for axis, problem in zip(axes, families, strict=True):
+    grid_rows = math.ceil(len(families) / 4)
+    figure, axes = plt.subplots(grid_rows, 4, figsize=(16, 3.6 * grid_rows), squeeze=False)
+    for axis in axes.flat[len(families) :]:
+        axis.set_visible(False)
+    for axis, problem in zip(axes.flat, families, strict=False):
         for name, entry in results[problem].items():
             axis.plot(entry["mean_curve"], label=name, lw=2 if name == "l2l" else 1)
         axis.set(title=problem, xlabel="step", ylabel="training loss", yscale="log")
-    axes[0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(report.png, dpi=120)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from lightning_automl.core.tasks import MLPFamily, QuadraticFamily
+from lightning_automl.core.tasks import MixtureFamily, MLPFamily, QuadraticFamily
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -135,3 +135,17 @@ def test_bad_family_arguments_are_refused():
         MLPFamily(torch.zeros(4, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"labels must be integer class indices of shape \(4,\)"):
         MLPFamily(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
+
+
+def test_mixture_draws_from_each_family_reproducibly():
+    mixture = MixtureFamily([QuadraticFamily(dim=2), QuadraticFamily(dim=3)])
+    dims = [
+        mixture.sample(torch.Generator().manual_seed(seed)).initial_params()["theta"].numel()
+        for seed in range(20)
+    ]
+    assert set(dims) == {2, 3}
+    again = mixture.sample(torch.Generator().manual_seed(0)).initial_params()["theta"]
+    first = mixture.sample(torch.Generator().manual_seed(0)).initial_params()["theta"]
+    assert torch.equal(again, first)
+    with pytest.raises(ValueError, match="families must be a non-empty list of TaskFamily"):
+        MixtureFamily([])

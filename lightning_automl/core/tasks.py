@@ -24,7 +24,15 @@ from torch import Tensor
 
 from lightning_automl.core.validation import check_positive_int
 
-__all__ = ["MLPFamily", "MLPTask", "QuadraticFamily", "QuadraticTask", "Task", "TaskFamily"]
+__all__ = [
+    "MLPFamily",
+    "MLPTask",
+    "MixtureFamily",
+    "QuadraticFamily",
+    "QuadraticTask",
+    "Task",
+    "TaskFamily",
+]
 
 BatchT = TypeVar("BatchT")
 
@@ -279,3 +287,23 @@ class MLPFamily(TaskFamily):
             self.batch_size,
             seed=_draw_seed(generator),
         )
+
+
+class MixtureFamily(TaskFamily):
+    """Each task is drawn from one of ``families``, chosen uniformly by the same generator.
+
+    Meta-training on a mixture widens what a learned optimizer has seen, e.g. sigmoid and ReLU
+    MLPs (the paper's optimizer, trained on sigmoid MLPs only, fails on ReLU ones, section 3.2).
+
+    Args:
+        families: At least one task family.
+    """
+
+    def __init__(self, families: Sequence[TaskFamily]) -> None:
+        if not families or not all(isinstance(family, TaskFamily) for family in families):
+            raise ValueError(f"families must be a non-empty list of TaskFamily, got {families!r}")
+        self.families = list(families)
+
+    def sample(self, generator: torch.Generator) -> Task[Any]:
+        index = int(torch.randint(len(self.families), (), generator=generator))
+        return self.families[index].sample(generator)
