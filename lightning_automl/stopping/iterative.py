@@ -2,7 +2,7 @@
 
 Both minimise `F(x) = 0.5 ||y - A x||^2 + lam ||x||_1` by proximal gradient steps. They are the
 classical baselines of the LISTA-stop experiment (Chen et al., ICML 2020, section 5.1), and
-`LISTA` unrolls the same step with learned weights.
+`LISTA` unrolls the same `residual_step` with learned weights.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "ista_step",
     "lasso_objective",
     "lipschitz_constant",
+    "residual_step",
     "soft_threshold",
 ]
 
@@ -33,6 +34,19 @@ def soft_threshold(x: Tensor, theta: Tensor | float) -> Tensor:
         theta: Threshold, a number or a tensor broadcastable to ``x``.
     """
     return x.sign() * (x.abs() - theta).clamp_min(0)
+
+
+def residual_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor) -> Tensor:
+    """`x + W (y - A x)` on a batch: the linear part of a (L)ISTA step, before the shrinkage.
+
+    Args:
+        x: Current estimates, ``(B, n)``.
+        y: Measurements, ``(B, m)``.
+        A: Sensing matrix, ``(m, n)``.
+        W: Step matrix, ``(n, m)``.
+    """
+    residual = y - x @ A.T  # (B, m)
+    return x + residual @ W.T  # (B, n)
 
 
 def ista_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, theta: Tensor | float) -> Tensor:
@@ -48,8 +62,7 @@ def ista_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, theta: Tensor | float)
         W: Step matrix, ``(n, m)``.
         theta: Threshold, a number or a tensor broadcastable to ``(B, n)``.
     """
-    residual = y - x @ A.T  # (B, m)
-    return soft_threshold(x + residual @ W.T, theta)  # (B, n)
+    return soft_threshold(residual_step(x, y, A, W), theta)
 
 
 def lipschitz_constant(A: Tensor) -> float:

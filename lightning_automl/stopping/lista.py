@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_automl.core.validation import check_bool, check_number, check_positive_int
-from lightning_automl.stopping.iterative import ista_parameters, soft_threshold
+from lightning_automl.stopping.iterative import ista_parameters, residual_step, soft_threshold
 
 __all__ = ["LISTA", "analytic_weight", "support_selected_soft_threshold"]
 
@@ -132,7 +132,7 @@ class LISTA(nn.Module):
         x = y.new_zeros(y.shape[0], self.A.shape[1])  # (B, n)
         estimates = []
         for W_t, theta_t, num_kept in zip(W, theta, self.num_kept, strict=True):
-            v = x + (y - x @ self.A.T) @ W_t.T  # (B, n)
+            v = residual_step(x, y, self.A, W_t)  # (B, n)
             x = support_selected_soft_threshold(v, theta_t, num_kept)
             estimates.append(x)
         return torch.stack(estimates)  # (T, B, n)
