@@ -1,10 +1,11 @@
 """Fits a tiny model with 2 CPU processes (strategy="ddp", gloo); each rank writes a report.
 
-Run by the tests as ``python tests/ddp_fit_script.py OUT_DIR [classifier|adaptive|lstm]``;
+Run by the tests as ``python tests/ddp_fit_script.py OUT_DIR [classifier|adaptive|lstm|taught]``;
 Lightning relaunches this script for rank 1. ``adaptive`` fits TinyAdaptive with a
 StopPolicyCallback (one epoch of Stage I, one of Stage II) and reports the policy's parameters
 as well; ``lstm`` fits TinyClassifier with an LSTMOptimizer, the global random state differing
-per rank.
+per rank; ``taught`` fits TinyTaughtClassifier with a LossTeacherCallback and reports the
+teacher's parameters as well.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, seed_everything
-from tiny import TinyAdaptive, TinyClassifier, TinyDataModule, quiet_trainer
+from tiny import TinyAdaptive, TinyClassifier, TinyDataModule, TinyTaughtClassifier, quiet_trainer
 
 from lightning_automl.optim import LSTMOptimizer
 from lightning_automl.stopping import StopPolicyCallback
+from lightning_automl.teaching import LossTeacherCallback
 
 
 class LSTMOptimizedClassifier(TinyClassifier):
@@ -38,11 +40,18 @@ def main(out_dir: Path, which: str) -> None:
     seed_everything(0)
     first_batch = FirstBatch()
     callbacks: list[Callback] = [first_batch]
-    model = {"adaptive": TinyAdaptive, "lstm": LSTMOptimizedClassifier}.get(which, TinyClassifier)()
+    models = {
+        "adaptive": TinyAdaptive,
+        "lstm": LSTMOptimizedClassifier,
+        "taught": TinyTaughtClassifier,
+    }
+    model = models.get(which, TinyClassifier)()
     if which == "adaptive":
         torch.manual_seed(int(os.environ.get("LOCAL_RANK", 0)))  # the policies start different
         policy = model.build_stop_policy()
         callbacks.append(StopPolicyCallback(stage_epochs=(1, 1), beta=0.5, policy=policy))
+    if which == "taught":
+        callbacks.append(LossTeacherCallback(num_classes=3, unroll_steps=2, update_every_n_steps=2))
     trainer = quiet_trainer(devices=2, strategy="ddp", max_epochs=2, callbacks=callbacks)
     initial = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     trainer.fit(model, TinyDataModule())
@@ -58,6 +67,12 @@ def main(out_dir: Path, which: str) -> None:
     if which == "adaptive":
         policy = torch.cat([p.detach().flatten() for p in callbacks[1].policy.parameters()])
         report["policy"] = policy.tolist()
+    if which == "taught":
+        teacher = torch.cat([p.detach().flatten() for p in callbacks[1].teacher.parameters()])
+        report["teacher"] = teacher.tolist()
+        fresh = LossTeacherCallback(num_classes=3).teacher.parameters()
+        moved = teacher - torch.cat([p.detach().flatten() for p in fresh])
+        report["teacher_moved"] = float(moved.abs().max())
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 

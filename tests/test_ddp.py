@@ -51,3 +51,14 @@ def test_ddp_lstm_optimizer_keeps_replicas_identical(repo_root, tmp_path):
     assert reports[0]["first_batch_sum"] != reports[1]["first_batch_sum"]
     assert reports[0]["parameters"] == reports[1]["parameters"]
     assert reports[0]["moved"] > 0
+
+
+@pytest.mark.multiprocess
+def test_ddp_loss_teacher_applies_the_same_teacher_update_on_every_rank(repo_root, tmp_path):
+    # Each rank replays its own batches; the teacher's hypergradient is averaged over the ranks,
+    # so the teachers (and the students they teach) stay identical.
+    reports = fit_with_two_processes(repo_root, tmp_path, "taught")
+    assert reports[0]["first_batch_sum"] != reports[1]["first_batch_sum"]
+    assert reports[0]["parameters"] == reports[1]["parameters"]
+    assert reports[0]["teacher"] == reports[1]["teacher"]
+    assert reports[0]["teacher_moved"] > 0

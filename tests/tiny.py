@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_automl.core.pretrained import PretrainedMixin
 from lightning_automl.data.sampling import EpochSeededRandomSampler
 from lightning_automl.stopping import AdaptiveDepthMixin, StopPolicy
+from lightning_automl.teaching import LossTeacherMixin
 
 
 class TinyNet(PretrainedMixin, nn.Module):
@@ -119,3 +120,32 @@ def quiet_trainer(**kwargs) -> Trainer:
         "enable_model_summary": False,
     }
     return Trainer(**{**defaults, **kwargs})
+
+
+class TinyTaughtClassifier(LossTeacherMixin, LightningModule):
+    """An MLP over 8 features with 3 classes, trained with the teacher's loss.
+
+    ``optimizer``: ``"sgd"``, ``"momentum"`` (0.9) or ``"adam"``.
+    """
+
+    def __init__(self, optimizer: str = "momentum", lr: float = 0.1) -> None:
+        super().__init__()
+        self.optimizer_name, self.lr = optimizer, lr
+        self.net = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.taught_loss(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+        momentum = 0.9 if self.optimizer_name == "momentum" else 0.0
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=momentum)

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -31,6 +31,7 @@ __all__ = [
     "PretrainedCard",
     "PretrainedError",
     "PretrainedMixin",
+    "build_component",
     "list_pretrained",
     "read_card",
     "read_pretrained",
@@ -264,3 +265,45 @@ class PretrainedMixin:
         module = cls(**card.config)
         module.load_state_dict(weights)  # type: ignore[attr-defined]
         return module
+
+
+ComponentT = TypeVar("ComponentT", bound=PretrainedMixin)
+
+
+def build_component(
+    cls: type[ComponentT],
+    pretrained: str | os.PathLike[str] | None,
+    given: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    seed: int,
+) -> ComponentT:
+    """A fresh ``cls`` seeded with ``seed``, or the pretrained one ``pretrained`` names.
+
+    ``given`` holds the config arguments a user passed (``None``: not passed). Fresh, each one
+    left out takes its value from ``defaults``; pretrained, each one passed must equal the
+    card's. Fresh weights come from ``seed`` alone (not the global random state), so every DDP
+    rank builds the same network.
+
+    Raises:
+        PretrainedError: ``pretrained`` is unknown, fails its checksum, holds another method,
+            or its card disagrees with a given value.
+    """
+    config = {key: value for key, value in given.items() if value is not None}
+    if pretrained is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(**{**defaults, **config})
+    component = cls.from_pretrained(pretrained)
+    trained = component.pretrained_config()
+    differences = ", ".join(
+        f"{key}={trained[key]!r} (given {value!r})"
+        for key, value in config.items()
+        if trained[key] != value
+    )
+    if differences:
+        raise PretrainedError(
+            f"pretrained {cls.__name__} {os.fspath(pretrained)!r} was trained with "
+            f"{differences}: leave these arguments out (the card sets them) or pass the card's "
+            "values"
+        )
+    return component

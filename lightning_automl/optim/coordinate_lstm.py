@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_automl.core.pretrained import PretrainedError, PretrainedMixin
+from lightning_automl.core.pretrained import PretrainedMixin, build_component
 from lightning_automl.core.validation import (
     check_non_negative_int,
     check_number,
@@ -168,20 +168,4 @@ def build_coordinate_lstm(
     config = {key: value for key, value in given.items() if value is not None}
     check_coordinate_lstm_config(**{**PAPER_CONFIG, **config})
     check_non_negative_int("seed", seed)
-    if pretrained is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return CoordinateLSTM(**{**PAPER_CONFIG, **config})
-    network = CoordinateLSTM.from_pretrained(pretrained)
-    trained = network.pretrained_config()
-    differences = ", ".join(
-        f"{key}={trained[key]!r} (given {value!r})"
-        for key, value in config.items()
-        if trained[key] != value
-    )
-    if differences:
-        raise PretrainedError(
-            f"pretrained L2L optimizer {pretrained!r} was trained with {differences}: leave "
-            "these arguments out (the card sets them) or pass the card's values"
-        )
-    return network
+    return build_component(CoordinateLSTM, pretrained, given, PAPER_CONFIG, seed)

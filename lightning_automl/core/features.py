@@ -1,0 +1,85 @@
+"""Scale-free features of a training run, for controllers that read the state of a model.
+
+Every feature is bounded or normalised so that one controller network serves models and datasets
+of any size: a classifier's loss and output entropy are divided by ``log C`` (their value for a
+uniform prediction over ``C`` classes), accuracy and the probability margin lie in ``[0, 1]`` and
+``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_automl.core.validation import check_number
+
+__all__ = ["CLASSIFICATION_SUMMARY", "ExponentialMovingAverage", "classification_summary"]
+
+CLASSIFICATION_SUMMARY = ("loss", "accuracy", "margin", "entropy")
+"""What `classification_summary` returns, in order."""
+
+
+@torch.no_grad()
+def classification_summary(logits: Tensor, target: Tensor) -> Tensor:
+    """Batch means of a classifier's outputs, ``(4,)`` float32, in `CLASSIFICATION_SUMMARY`'s order.
+
+    - loss: cross-entropy / ``log C``;
+    - accuracy: fraction of arg-max predictions equal to the target;
+    - margin: ``p_y - max_{i != y} p_i``, in ``[-1, 1]``;
+    - entropy: entropy of the predicted distribution / ``log C``.
+
+    Args:
+        logits: ``(B, C)`` with ``C >= 2``.
+        target: ``(B,)`` class indices.
+    """
+    logits = logits.detach().float()
+    num_classes = logits.shape[-1]
+    log_probs = F.log_softmax(logits, dim=-1)
+    probs = log_probs.exp()
+    target_prob = probs.gather(-1, target[:, None]).squeeze(-1)
+    others = probs.scatter(-1, target[:, None], -1.0)
+    loss = F.nll_loss(log_probs, target)
+    accuracy = (logits.argmax(-1) == target).float().mean()
+    margin = (target_prob - others.max(-1).values).mean()
+    entropy = -(probs * log_probs).sum(-1).mean()
+    log_c = math.log(num_classes)
+    return torch.stack([loss / log_c, accuracy, margin, entropy / log_c])
+
+
+class ExponentialMovingAverage:
+    """A bias-corrected exponential moving average of tensors of a fixed shape.
+
+    ``m_t = decay * m_{t-1} + (1 - decay) * x_t`` and `value` is ``m_t / (1 - decay^t)``, the
+    mean of the observations so far weighted towards the recent ones (Adam's correction).
+
+    Args:
+        decay: In ``[0, 1)``; 0 keeps only the last observation.
+    """
+
+    def __init__(self, decay: float) -> None:
+        check_number("decay", decay, "a number in [0, 1)", lambda value: 0 <= value < 1)
+        self.decay = float(decay)
+        self.total: Tensor | None = None
+        self.weight = 0.0
+
+    def update(self, value: Tensor) -> None:
+        """Add one observation."""
+        value = value.detach()
+        previous = torch.zeros_like(value) if self.total is None else self.total
+        self.total = self.decay * previous + (1 - self.decay) * value
+        self.weight = self.decay * self.weight + (1 - self.decay)
+
+    @property
+    def value(self) -> Tensor | None:
+        """The bias-corrected average, or ``None`` before the first observation."""
+        return None if self.total is None else self.total / self.weight
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "weight": self.weight}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total, self.weight = state["total"], float(state["weight"])

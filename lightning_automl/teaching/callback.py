@@ -1,0 +1,378 @@
+"""`LossTeacherCallback`: L2T-DLF's teacher, trained online by exact hypergradients."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+from torch.func import functional_call
+
+from lightning_automl.core.features import ExponentialMovingAverage, classification_summary
+from lightning_automl.core.pretrained import build_component
+from lightning_automl.core.unroll import InnerState, hypergradient, mirror_optimizer
+from lightning_automl.core.validation import check_bool, check_number, check_positive_int
+from lightning_automl.teaching.mixin import LossTeacherMixin
+from lightning_automl.teaching.parametric_loss import Reduction
+from lightning_automl.teaching.teacher import LossTeacher, teacher_features
+
+__all__ = ["DevObjective", "LossTeacherCallback", "dev_objective"]
+
+DevObjective = Literal["cross_entropy", "smooth_error"]
+TEACHER_DEFAULTS = {"hidden_size": 32, "ce_weight": 0.5}
+
+
+def dev_objective(logits: Tensor, target: Tensor, kind: DevObjective, sharpness: float) -> Tensor:
+    """The teacher's objective on dev data: cross-entropy, or the smooth error of the authors'
+    demo ``mean(2 sigmoid(k (max_i p_i - p_y)) - 1)`` with ``k = sharpness``."""
+    if kind == "cross_entropy":
+        return F.cross_entropy(logits, target)
+    probs = logits.softmax(-1)
+    gap = probs.max(-1).values - probs.gather(-1, target[:, None]).squeeze(-1)
+    return (2 * torch.sigmoid(sharpness * gap) - 1).mean()
+
+
+class LossTeacherCallback(Callback):
+    """Teaches a `LossTeacherMixin` student with a `LossTeacher` (Wu et al., NeurIPS 2018).
+
+    The student's ``taught_loss`` at optimizer step ``t`` is `ParametricLoss` with the
+    coefficients ``phi_t = mu_theta(s_t)``, where ``s_t`` (`TEACHER_FEATURES`) holds the
+    training progress ``t / total``, a moving average of the training batches' loss, accuracy,
+    margin and entropy, and the same four on ``dev_batches`` validation batches. The averages are
+    refreshed every ``update_every_n_steps`` optimizer steps (and reduced over DDP ranks), so every
+    replica uses the same loss.
+
+    At each refresh the teacher is first updated by the exact hypergradient of the dev
+    objective ``M`` through the student's last ``unroll_steps`` updates: the callback keeps the
+    student's parameters and optimizer state from ``unroll_steps`` steps back and the batches
+    it trained on since, replays those updates functionally (``torch.func.functional_call``,
+    the student's own SGD / momentum / Adam / AdamW rule, second-order terms included) with the
+    current teacher, evaluates ``M`` on the dev batches and back-propagates to ``theta``
+    (`lightning_automl.core.unroll.hypergradient`); Adam then updates the teacher. Under DDP
+    every rank replays its own batches and the teacher's gradient is averaged, so all ranks
+    apply the same teacher update. The replay assumes the learning rate stayed constant over
+    the window and leaves out gradient clipping.
+
+    Costs: the replay of ``K`` steps takes about twice the time of ``K`` training steps and
+    memory for ``K`` steps' graphs (``checkpoint_every=c``: for ``K / c + c`` steps, with one more
+    forward pass); ``frozen=True`` (a trained teacher, the episodic protocol) costs only the dev
+    features.
+
+    The teacher lives on the callback, not on the student, and its weights, Adam state, features
+    and the pending replay window are saved in the callback's checkpoint state, so a resumed run
+    continues as the uninterrupted one would.
+
+    Args:
+        pretrained: A shipped teacher's name (e.g. ``"teacher-mnist"``) or a saved path; ``None``
+            for a fresh teacher.
+        num_classes: The student's number of classes (a fresh teacher needs it).
+        hidden_size: Hidden width of a fresh teacher (default 32).
+        ce_weight: Cross-entropy's weight in the loss of a fresh teacher (default 0.5). With
+            ``pretrained`` these three come from its card; a value passed must equal it.
+        unroll_steps: ``K``: student updates each hypergradient goes back through (the
+            truncation).
+        update_every_n_steps: Optimizer steps between teacher updates, ``>= unroll_steps``.
+        teacher_lr: Learning rate of the teacher's Adam optimizer.
+        dev_batches: Number of validation batches (the first ones of the validation dataloader)
+            that make up the dev set.
+        dev_objective: ``"cross_entropy"`` or ``"smooth_error"`` (`dev_objective`).
+        smooth_error_sharpness: ``k`` of the smooth error.
+        checkpoint_every: Recompute the replay in segments of this many steps during the
+            backward pass instead of storing its graph (``None``: store it).
+        frozen: Never update the teacher; only refresh its features.
+        feature_decay: Decay of the moving average of the training batches' features.
+        seed: Seed of a fresh teacher's weights (the same on every rank).
+
+    Raises:
+        ValueError: An argument out of range.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        num_classes: int | None = None,
+        hidden_size: int | None = None,
+        ce_weight: float | None = None,
+        unroll_steps: int = 10,
+        update_every_n_steps: int = 25,
+        teacher_lr: float = 1e-3,
+        dev_batches: int = 4,
+        dev_objective: DevObjective = "cross_entropy",
+        smooth_error_sharpness: float = 50.0,
+        checkpoint_every: int | None = None,
+        frozen: bool = False,
+        feature_decay: float = 0.9,
+        seed: int = 0,
+    ) -> None:
+        check_positive_int("unroll_steps", unroll_steps)
+        check_positive_int("update_every_n_steps", update_every_n_steps)
+        if unroll_steps > update_every_n_steps:
+            raise ValueError(
+                f"unroll_steps ({unroll_steps}) must be at most update_every_n_steps "
+                f"({update_every_n_steps}): each update replays steps since the previous one"
+            )
+        check_number("teacher_lr", teacher_lr, "a number > 0", lambda value: value > 0)
+        check_positive_int("dev_batches", dev_batches)
+        if dev_objective not in ("cross_entropy", "smooth_error"):
+            raise ValueError(
+                f"dev_objective must be 'cross_entropy' or 'smooth_error', got {dev_objective!r}"
+            )
+        check_number(
+            "smooth_error_sharpness", smooth_error_sharpness, "a number > 0", lambda v: v > 0
+        )
+        if checkpoint_every is not None:
+            check_positive_int("checkpoint_every", checkpoint_every)
+        check_bool("frozen", frozen)
+        if pretrained is None and num_classes is None:
+            raise ValueError("num_classes is required for a fresh teacher (pretrained=None)")
+        self.teacher = build_component(
+            LossTeacher,
+            pretrained,
+            {"num_classes": num_classes, "hidden_size": hidden_size, "ce_weight": ce_weight},
+            TEACHER_DEFAULTS,
+            seed,
+        )
+        self.unroll_steps = unroll_steps
+        self.update_every_n_steps = update_every_n_steps
+        self.teacher_lr = float(teacher_lr)
+        self.dev_batches = dev_batches
+        self.dev_objective = dev_objective
+        self.smooth_error_sharpness = float(smooth_error_sharpness)
+        self.checkpoint_every = checkpoint_every
+        self.frozen = frozen
+        self.train_features = ExponentialMovingAverage(feature_decay)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending_optimizer_state: dict[str, Any] | None = None
+        self._dev: list[Any] = []
+        self._total_steps = 0
+        self._summaries: dict[str, Tensor] | None = None  # "train" / "dev" at the last refresh
+        self._window: dict[str, Any] | None = None  # the student updates the next update replays
+        self._last_step = 0  # the trainer's global step at the last on_train_batch_end
+        self._coefficients: tuple[int, tuple[Tensor, Tensor]] | None = None
+
+    # -- the student's loss -------------------------------------------------------------------
+
+    def features(self, step: int) -> Tensor:
+        """The teacher's input ``s_t`` at optimizer step ``step``."""
+        if self._summaries is None:
+            raise RuntimeError("the teacher's features exist once Trainer.fit has started")
+        progress = min(step / self._total_steps, 1.0)
+        return teacher_features(progress, self._summaries["train"], self._summaries["dev"])
+
+    def taught_loss(
+        self, student: LightningModule, logits: Tensor, target: Tensor, reduction: Reduction
+    ) -> Tensor:
+        """The student's loss at its current step; training batches also feed the features."""
+        step = student.trainer.global_step
+        if self._coefficients is None or self._coefficients[0] != step:
+            with torch.no_grad():
+                self._coefficients = (step, self.teacher(self.features(step)))
+        if student.training and torch.is_grad_enabled():
+            self.train_features.update(classification_summary(logits, target))
+        return self.teacher.loss(logits, target, *self._coefficients[1], reduction)
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, LossTeacherMixin):
+            raise TypeError(
+                f"LossTeacherCallback needs a module that inherits LossTeacherMixin and returns "
+                f"self.taught_loss(logits, target) from training_step; {type(pl_module).__name__} "
+                "does not"
+            )
+        pl_module._loss_teacher = self
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.teacher.to(pl_module.device)
+        self._total_steps = self._training_length(trainer)
+        self._dev = self._load_dev_batches(trainer, pl_module)
+        self._last_step = trainer.global_step
+        if not self.frozen:
+            if len(trainer.optimizers) != 1:
+                count = len(trainer.optimizers)
+                raise ValueError(f"LossTeacherCallback replays one student optimizer, got {count}")
+            mirror_optimizer(trainer.optimizers[0], self._parameter_names(pl_module))
+        self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=self.teacher_lr)
+        if self._pending_optimizer_state is not None:
+            self.optimizer.load_state_dict(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
+        if self._summaries is None:
+            self._refresh(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.frozen:
+            return
+        step = trainer.global_step
+        if self._window is None and (step + self.unroll_steps) % self.update_every_n_steps == 0:
+            self._window = self._snapshot(trainer, pl_module, step)
+        if self._window is not None:
+            self._window["batches"][step - self._window["start"]].append(batch)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # accumulating gradients: no optimizer step yet
+            return
+        self._last_step = step
+        if step % self.update_every_n_steps:
+            return
+        if self._window is not None and step == self._window["start"] + self.unroll_steps:
+            self._update_teacher(trainer, pl_module)
+        self._window = None
+        self._refresh(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        optimizer = self.optimizer.state_dict() if self.optimizer else self._pending_optimizer_state
+        return {
+            "teacher": self.teacher.state_dict(),
+            "optimizer": optimizer,
+            "train_features": self.train_features.state_dict(),
+            "summaries": self._summaries,
+            "window": self._window,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state_dict["teacher"])
+        self._pending_optimizer_state = state_dict["optimizer"]
+        self.train_features.load_state_dict(state_dict["train_features"])
+        self._summaries = state_dict["summaries"]
+        self._window = state_dict["window"]
+        self._coefficients = None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _parameter_names(pl_module: LightningModule) -> dict[Tensor, str]:
+        return {param: name for name, param in pl_module.named_parameters()}
+
+    @staticmethod
+    def _training_length(trainer: Trainer) -> int:
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "LossTeacherCallback needs a known training length for its progress feature: set "
+                "Trainer(max_steps=...) or use a dataloader with a length"
+            )
+        return max(1, int(total))
+
+    def _load_dev_batches(self, trainer: Trainer, pl_module: LightningModule) -> list[Any]:
+        source = trainer.fit_loop.epoch_loop.val_loop._data_source
+        if not source.is_defined():
+            raise ValueError(
+                "LossTeacherCallback needs validation data for the dev objective: pass "
+                "val_dataloaders to Trainer.fit or define val_dataloader() in the module or "
+                "datamodule"
+            )
+        batches: list[Any] = []
+        for batch in source.dataloader():
+            if len(batches) == self.dev_batches:
+                break
+            batches.append(trainer.strategy.batch_to_device(batch))
+        if not batches:
+            raise ValueError("LossTeacherCallback's validation dataloader is empty")
+        inputs, target = pl_module.teaching_batch(batches[0])  # type: ignore[operator]
+        with torch.no_grad():
+            logits = pl_module(inputs)
+        if logits.dim() != 2 or logits.shape[1] != self.teacher.num_classes:
+            raise ValueError(
+                f"the teacher is for num_classes={self.teacher.num_classes}, but the student's "
+                f"forward gives logits of shape {tuple(logits.shape)}"
+            )
+        self.teacher.loss(logits, target)  # checks the targets' range
+        return batches
+
+    def _dev_logits(self, pl_module: LightningModule, params: Any = None) -> list[Tensor]:
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            pairs = [pl_module.teaching_batch(batch) for batch in self._dev]  # type: ignore[operator]
+            if params is None:
+                return [pl_module(inputs) for inputs, _ in pairs]
+            return [functional_call(pl_module, params, (inputs,)) for inputs, _ in pairs]
+        finally:
+            pl_module.train(training)
+
+    def _dev_targets(self, pl_module: LightningModule) -> Tensor:
+        return torch.cat([pl_module.teaching_batch(b)[1] for b in self._dev])  # type: ignore[operator]
+
+    @torch.no_grad()
+    def _refresh(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """New features: the training average so far and the dev set now, mean over ranks."""
+        dev = classification_summary(
+            torch.cat(self._dev_logits(pl_module)), self._dev_targets(pl_module)
+        )
+        train = self.train_features.value
+        summaries = {"train": dev if train is None else train.to(dev.device), "dev": dev}
+        self._summaries = {
+            key: trainer.strategy.reduce(value, reduce_op="mean")
+            for key, value in summaries.items()
+        }
+        self._coefficients = None
+
+    def _snapshot(self, trainer: Trainer, pl_module: LightningModule, step: int) -> dict[str, Any]:
+        """What the replay starts from: parameters, buffers and optimizer state at ``step``."""
+        _, state = mirror_optimizer(trainer.optimizers[0], self._parameter_names(pl_module))
+        return {
+            "start": step,
+            "params": {name: p.detach().clone() for name, p in pl_module.named_parameters()},
+            "buffers": {name: b.detach().clone() for name, b in pl_module.named_buffers()},
+            "optimizer_step": state.step,
+            "optimizer_buffers": state.buffers,
+            "batches": [[] for _ in range(self.unroll_steps)],
+        }
+
+    def _update_teacher(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        window = self._window
+        assert window is not None and self.optimizer is not None
+        inner, _ = mirror_optimizer(trainer.optimizers[0], self._parameter_names(pl_module))
+        state = InnerState(window["optimizer_step"], window["optimizer_buffers"])
+        buffers = {name: value.clone() for name, value in window["buffers"].items()}
+        start = window["start"]
+
+        def training_loss(params: dict[str, Tensor], k: int, micro_batches: list[Any]) -> Tensor:
+            weight, bias = self.teacher(self.features(start + k))
+            losses = []
+            for batch in micro_batches:
+                inputs, target = pl_module.teaching_batch(batch)  # type: ignore[operator]
+                logits = functional_call(pl_module, (params, buffers), (inputs,))
+                losses.append(self.teacher.loss(logits, target, weight, bias))
+            return torch.stack(losses).mean()
+
+        def objective(params: dict[str, Tensor]) -> Tensor:
+            logits = self._dev_logits(pl_module, (params, buffers))
+            target = self._dev_targets(pl_module)
+            return dev_objective(
+                torch.cat(logits), target, self.dev_objective, self.smooth_error_sharpness
+            )
+
+        with torch.enable_grad():
+            value, grads = hypergradient(
+                training_loss,
+                objective,
+                window["params"],
+                state,
+                inner,
+                window["batches"],
+                list(self.teacher.parameters()),
+                self.checkpoint_every,
+            )
+        for param, grad in zip(self.teacher.parameters(), grads, strict=True):
+            param.grad = trainer.strategy.reduce(grad, reduce_op="mean")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        weight, bias = self.teacher.base_weight, self.teacher.base_bias
+        pl_module.log_dict(
+            {
+                "teacher/dev_objective": trainer.strategy.reduce(value, reduce_op="mean"),
+                "teacher/weight_diagonal": weight.detach().diagonal().mean(),
+                "teacher/bias": bias.detach().mean(),
+            },
+            on_step=True,
+            on_epoch=False,
+        )

@@ -1,0 +1,79 @@
+"""`LossTeacher`: the network ``mu_theta(s_t) -> phi_t`` that sets the loss coefficients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_automl.core.features import CLASSIFICATION_SUMMARY
+from lightning_automl.core.pretrained import PretrainedMixin
+from lightning_automl.core.validation import check_positive_int
+from lightning_automl.teaching.parametric_loss import ParametricLoss, Reduction
+
+__all__ = ["TEACHER_FEATURES", "LossTeacher", "teacher_features"]
+
+TEACHER_FEATURES = (
+    "progress",
+    *(f"train_{name}" for name in CLASSIFICATION_SUMMARY),
+    *(f"dev_{name}" for name in CLASSIFICATION_SUMMARY),
+)
+"""The student state ``s_t`` the teacher reads, in order (`teacher_features`)."""
+
+
+def teacher_features(progress: float, train_summary: Tensor, dev_summary: Tensor) -> Tensor:
+    """``s_t``: training progress in ``[0, 1]``, then the `classification_summary` of recent
+    training batches and of the dev set, float32 ``(len(TEACHER_FEATURES),)``."""
+    progress_tensor = torch.tensor([progress], dtype=torch.float32, device=train_summary.device)
+    return torch.cat([progress_tensor, train_summary.float(), dev_summary.float()])
+
+
+class LossTeacher(PretrainedMixin, nn.Module):
+    """``phi_t = (W_t, b_t) = mu_theta(s_t)`` for `ParametricLoss` (Wu et al., NeurIPS 2018).
+
+    ``W_t = W_0 + reshape(head(tanh(body(s_t))))[:C, :C]``, ``b_t = b_0 + ...[C]``, with learned
+    ``W_0 = I``, ``b_0 = 0`` and the output layer zero at initialisation: an untrained teacher
+    gives the identity coefficients whatever the state, so `taught_loss` starts as the monotone
+    surrogate of cross-entropy, and learning moves it from there.
+
+    Args:
+        num_classes: ``C``, the student's number of classes.
+        hidden_size: Width of the hidden layer.
+        ce_weight: Cross-entropy's weight in the loss (`ParametricLoss`).
+    """
+
+    pretrained_method = "l2t"
+
+    def __init__(self, num_classes: int, hidden_size: int = 32, ce_weight: float = 0.5) -> None:
+        loss = ParametricLoss(num_classes, ce_weight)
+        check_positive_int("hidden_size", hidden_size)
+        super().__init__()
+        self.loss = loss
+        self.num_classes = num_classes
+        self.hidden_size = hidden_size
+        self.base_weight = nn.Parameter(torch.eye(num_classes))
+        self.base_bias = nn.Parameter(torch.zeros(num_classes))
+        self.body = nn.Sequential(nn.Linear(len(TEACHER_FEATURES), hidden_size), nn.Tanh())
+        self.head = nn.Linear(hidden_size, num_classes * (num_classes + 1))
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def pretrained_config(self) -> dict[str, Any]:
+        return {
+            "num_classes": self.num_classes,
+            "hidden_size": self.hidden_size,
+            "ce_weight": self.loss.ce_weight,
+        }
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(W_t, b_t)`` for the state ``features`` ``(len(TEACHER_FEATURES),)``."""
+        offsets = self.head(self.body(features)).view(self.num_classes + 1, self.num_classes)
+        return self.base_weight + offsets[:-1], self.base_bias + offsets[-1]
+
+    def taught_loss(
+        self, logits: Tensor, target: Tensor, features: Tensor, reduction: Reduction = "mean"
+    ) -> Tensor:
+        """`ParametricLoss` with the coefficients this teacher sets for the state ``features``."""
+        weight, bias = self(features)
+        return self.loss(logits, target, weight, bias, reduction)

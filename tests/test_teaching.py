@@ -1,0 +1,312 @@
+"""L2T-DLF: ParametricLoss, LossTeacher, LossTeacherMixin and LossTeacherCallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny import TinyClassifier, TinyDataModule, TinyTaughtClassifier, quiet_trainer
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_automl.core.unroll import SGD, Adam, hypergradient
+from lightning_automl.teaching import (
+    TEACHER_FEATURES,
+    LossTeacher,
+    LossTeacherCallback,
+    ParametricLoss,
+    dev_objective,
+)
+
+
+def test_parametric_loss_at_identity_is_the_sigmoid_surrogate_mixed_with_cross_entropy() -> None:
+    logits = torch.randn(5, 4, dtype=torch.float64)
+    target = torch.tensor([0, 3, 1, 1, 2])
+    p_y = logits.softmax(-1)[torch.arange(5), target]
+    surrogate = -p_y / (1 + p_y)
+    ce = F.cross_entropy(logits, target, reduction="none")
+    torch.testing.assert_close(
+        ParametricLoss(4, ce_weight=0.0)(logits, target, reduction="none"), surrogate
+    )
+    mixed = ParametricLoss(4, ce_weight=0.3)(logits, target, reduction="none")
+    torch.testing.assert_close(mixed, 0.3 * ce + 0.7 * surrogate)
+    assert ParametricLoss(4)(logits, target) == pytest.approx(
+        float(ParametricLoss(4)(logits, target, reduction="none").mean())
+    )
+
+
+def test_parametric_loss_uses_column_y_of_w_and_entry_y_of_b() -> None:
+    logits = torch.randn(3, 3, dtype=torch.float64)
+    target = torch.tensor([2, 0, 1])
+    weight = torch.randn(3, 3, dtype=torch.float64)
+    bias = torch.randn(3, dtype=torch.float64)
+    log_p = logits.log_softmax(-1)
+    expected = torch.stack(
+        [-torch.sigmoid(log_p[i] @ weight[:, y] + bias[y]) for i, y in enumerate(target)]
+    )
+    actual = ParametricLoss(3, ce_weight=0.0)(logits, target, weight, bias, reduction="none")
+    torch.testing.assert_close(actual, expected)
+
+
+def test_parametric_loss_refuses_bad_targets_and_shapes() -> None:
+    loss = ParametricLoss(3)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\), got values from 0 to 3"):
+        loss(torch.randn(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"from -1"):
+        loss(torch.randn(2, 3), torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match=r"logits must have shape \(batch, 3\)"):
+        loss(torch.randn(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="class indices"):
+        loss(torch.randn(2, 3), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="ce_weight must be a number in"):
+        ParametricLoss(3, ce_weight=1.5)
+
+
+def test_untrained_teacher_gives_identity_coefficients_for_any_state() -> None:
+    teacher = LossTeacher(num_classes=4)
+    for _ in range(3):
+        weight, bias = teacher(torch.randn(len(TEACHER_FEATURES)))
+        torch.testing.assert_close(weight, torch.eye(4))
+        torch.testing.assert_close(bias, torch.zeros(4))
+
+
+def test_teacher_round_trips_through_the_registry(tmp_path) -> None:
+    teacher = LossTeacher(num_classes=3, hidden_size=5, ce_weight=0.25)
+    with torch.no_grad():
+        for param in teacher.parameters():
+            param.add_(torch.randn_like(param))
+    teacher.save_pretrained(tmp_path / "t")
+    loaded = LossTeacher.from_pretrained(tmp_path / "t")
+    features = torch.randn(len(TEACHER_FEATURES))
+    for a, b in zip(teacher(features), loaded(features), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    callback = LossTeacherCallback(pretrained=str(tmp_path / "t"))
+    assert callback.teacher.loss.ce_weight == 0.25
+    with pytest.raises(ValueError, match=r"ce_weight=0.25 \(given 0.5\)"):
+        LossTeacherCallback(pretrained=str(tmp_path / "t"), ce_weight=0.5)
+
+
+@pytest.mark.parametrize("inner", [SGD(lr=0.5, momentum=0.9), Adam(lr=0.05)], ids=["sgd", "adam"])
+def test_teacher_hypergradient_matches_finite_differences(inner) -> None:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    teacher = LossTeacher(num_classes=3, hidden_size=4, ce_weight=0.2).double()
+    with torch.no_grad():  # away from the zero-initialised output layer
+        for param in teacher.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    params = {name: p.detach() for name, p in student.named_parameters()}
+    batches = [
+        (torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))) for _ in range(4)
+    ]
+    dev_x, dev_y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    features = torch.rand(4, len(TEACHER_FEATURES), dtype=torch.float64)
+
+    def run():
+        def loss_fn(p, k, batch):
+            logits = functional_call(student, p, (batch[0],))
+            return teacher.taught_loss(logits, batch[1], features[k])
+
+        def objective(p):
+            return dev_objective(
+                functional_call(student, p, (dev_x,)), dev_y, "cross_entropy", 50.0
+            )
+
+        return hypergradient(
+            loss_fn,
+            objective,
+            params,
+            inner.init_state(params),
+            inner,
+            batches,
+            list(teacher.parameters()),
+        )
+
+    _, grads = run()
+    direction = [torch.randn_like(p) for p in teacher.parameters()]
+    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction, strict=True))
+    eps = 1e-6
+
+    def shifted(sign: float) -> float:
+        with torch.no_grad():
+            for param, d in zip(teacher.parameters(), direction, strict=True):
+                param.add_(sign * eps * d)
+        value = float(run()[0])
+        with torch.no_grad():
+            for param, d in zip(teacher.parameters(), direction, strict=True):
+                param.sub_(sign * eps * d)
+        return value
+
+    numeric = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
+    assert abs(analytic) > 1e-4
+    assert abs(analytic - numeric) / abs(numeric) < 1e-4
+
+
+class DevCrossEntropy(Callback):
+    """Records, at every teacher update, the logged dev objective and the real student's."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[float, float]] = []
+        self.step = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        teacher = pl_module._loss_teacher
+        stepped, self.step = trainer.global_step != self.step, trainer.global_step
+        if not stepped or (
+            trainer.global_step % teacher.update_every_n_steps
+            or "teacher/dev_objective" not in trainer.callback_metrics
+        ):
+            return
+        with torch.no_grad():
+            pl_module.eval()
+            logits = torch.cat([pl_module(x) for x, _ in teacher._dev])
+            pl_module.train()
+        real = F.cross_entropy(logits, torch.cat([y for _, y in teacher._dev]))
+        self.pairs.append((float(trainer.callback_metrics["teacher/dev_objective"]), float(real)))
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "accumulate"),
+    [("sgd", 0.1, 1), ("momentum", 0.1, 1), ("adam", 0.01, 1), ("momentum", 0.1, 2)],
+)
+def test_replay_reproduces_the_students_real_updates(optimizer, lr, accumulate) -> None:
+    # The dev objective after replaying the last unroll_steps updates is the real student's.
+    seed_everything(0)
+    model = TinyTaughtClassifier(optimizer, lr)
+    teacher = LossTeacherCallback(
+        num_classes=3, unroll_steps=2, update_every_n_steps=2, teacher_lr=0.01
+    )
+    check = DevCrossEntropy()
+    trainer = quiet_trainer(
+        max_epochs=2,
+        callbacks=[teacher, check],
+        accumulate_grad_batches=accumulate,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, TinyDataModule())
+    assert len(check.pairs) == 8 // accumulate
+    for logged, real in check.pairs:
+        assert logged == pytest.approx(real, rel=1e-5)
+    assert not torch.equal(teacher.teacher.base_weight, torch.eye(3))  # the teacher learned
+
+
+class ParametricLossClassifier(TinyTaughtClassifier):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return ParametricLoss(3)(self(x), y)
+
+
+def test_frozen_untrained_teacher_trains_exactly_as_the_initial_parametric_loss() -> None:
+    final = []
+    for model_class, callbacks in (
+        (TinyTaughtClassifier, [LossTeacherCallback(num_classes=3, frozen=True)]),
+        (ParametricLossClassifier, []),
+    ):
+        seed_everything(0)
+        model = model_class("momentum", 0.1)
+        quiet_trainer(max_epochs=2, callbacks=callbacks, num_sanity_val_steps=0).fit(
+            model, TinyDataModule()
+        )
+        final.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(final[0], final[1], rtol=0, atol=0)
+
+
+class StopAfterFirstEpoch(Callback):
+    """An interruption: the run is planned for more epochs (the progress feature knows it)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def fit_taught(tmp_path, max_epochs, ckpt_path=None, precision="32-true", interrupt=False):
+    seed_everything(0)
+    model = TinyTaughtClassifier("adam", 0.01)
+    teacher = LossTeacherCallback(
+        num_classes=3, unroll_steps=4, update_every_n_steps=5, teacher_lr=0.05
+    )
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
+    trainer = quiet_trainer(
+        max_epochs=max_epochs,
+        enable_checkpointing=True,
+        callbacks=[teacher, checkpoint, *([StopAfterFirstEpoch()] if interrupt else [])],
+        num_sanity_val_steps=0,
+        precision=precision,
+    )
+    trainer.fit(model, TinyDataModule(), ckpt_path=ckpt_path)
+    return model, teacher
+
+
+def test_resume_mid_window_continues_identically(tmp_path) -> None:
+    # Updates at steps 5, 10, 15 replay [1, 5), [6, 10), [11, 15): the epoch-0 checkpoint (step 8)
+    # falls inside a window, whose snapshot and batches travel in the callback's state.
+    model_a, teacher_a = fit_taught(tmp_path / "a", 2)
+    fit_taught(tmp_path / "b", 2, interrupt=True)
+    model_c, teacher_c = fit_taught(tmp_path / "c", 2, tmp_path / "b" / "epoch=0.ckpt")
+    for expected, actual in zip(
+        [*model_a.parameters(), *teacher_a.teacher.parameters()],
+        [*model_c.parameters(), *teacher_c.teacher.parameters()],
+        strict=True,
+    ):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    assert not torch.equal(teacher_a.teacher.base_weight, torch.eye(3))
+
+
+def test_bf16_autocast_trains_and_updates_the_teacher(tmp_path) -> None:
+    model, teacher = fit_taught(tmp_path, 1, precision="bf16-mixed")
+    assert not torch.equal(teacher.teacher.base_weight, torch.eye(3))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class TargetsOutOfRange(TinyDataModule):
+    def val_dataloader(self):
+        x, y = self.dataset.tensors
+        return DataLoader(TensorDataset(x, y + 3), batch_size=8)
+
+
+class NoValidation(TinyDataModule):
+    val_dataloader = LightningModule.val_dataloader  # not defined, as in the base class
+
+
+def test_bad_input_is_refused_before_training() -> None:
+    with pytest.raises(ValueError, match="unroll_steps must be a positive integer, got 0"):
+        LossTeacherCallback(num_classes=3, unroll_steps=0)
+    with pytest.raises(
+        ValueError, match=r"unroll_steps \(8\) must be at most update_every_n_steps \(4\)"
+    ):
+        LossTeacherCallback(num_classes=3, unroll_steps=8, update_every_n_steps=4)
+    with pytest.raises(ValueError, match="num_classes is required"):
+        LossTeacherCallback()
+    with pytest.raises(ValueError, match="dev_objective must be"):
+        LossTeacherCallback(num_classes=3, dev_objective="accuracy")
+    cases = [
+        (TinyClassifier(), TinyDataModule(), TypeError, "inherits LossTeacherMixin"),
+        (TinyTaughtClassifier(), NoValidation(), ValueError, "needs validation data"),
+        (TinyTaughtClassifier(), TargetsOutOfRange(), ValueError, r"class indices in \[0, 3\)"),
+        (TinyTaughtClassifier(), TinyDataModule(), ValueError, "num_classes=5"),
+    ]
+    for model, data, error, message in cases:
+        num_classes = 5 if "num_classes" in message else 3
+        trainer = quiet_trainer(
+            max_epochs=1, callbacks=[LossTeacherCallback(num_classes=num_classes)]
+        )
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(error, match=message):
+            trainer.fit(model, data)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_taught_loss_without_the_callback_says_what_is_missing() -> None:
+    with pytest.raises(RuntimeError, match="needs a LossTeacherCallback"):
+        TinyTaughtClassifier().taught_loss(torch.randn(2, 3), torch.tensor([0, 1]))
+
+
+def test_unsupported_student_optimizer_is_refused() -> None:
+    class RMSpropStudent(TinyTaughtClassifier):
+        def configure_optimizers(self):
+            return torch.optim.RMSprop(self.parameters())
+
+    trainer = quiet_trainer(max_epochs=1, callbacks=[LossTeacherCallback(num_classes=3)])
+    with pytest.raises(TypeError, match="got RMSprop"):
+        trainer.fit(RMSpropStudent(), TinyDataModule())
