@@ -90,6 +90,15 @@ def test_unnormalised_pixels_are_in_unit_range(tmp_path):
     assert train_images.min().item() == 0.0 and train_images.max().item() == 1.0
 
 
+def test_train_size_keeps_part_of_the_training_pool(tmp_path):
+    write_fake_mnist(tmp_path, num_train=300, num_test=20)
+    datamodule = MNISTDataModule(data_dir=str(tmp_path), val_size=100, train_size=50)
+    datamodule.setup("fit")
+    assert datamodule.split_sizes == {"train": 50, "val": 100, "test": 20}
+    with pytest.raises(ValueError, match="val_size \\+ train_size must be at most the 300"):
+        MNISTDataModule(data_dir=str(tmp_path), val_size=100, train_size=201).setup("fit")
+
+
 def test_image_and_label_counts_must_match(tmp_path):
     write_fake_mnist(tmp_path, num_train=30, num_test=20, num_train_labels=29)
     with pytest.raises(ValueError, match="30 train images but 29 train labels"):
@@ -141,6 +150,7 @@ def test_read_idx_rejects_a_size_mismatch(tmp_path):
         ("num_workers", -1),
         ("seed", -1),
         ("normalize", 1),
+        ("train_size", 0),
     ],
 )
 def test_bad_arguments(tmp_path, argument, value):

@@ -71,6 +71,8 @@ class MNISTDataModule(TensorClassificationDataModule):
             ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``.
         download: Download the files missing from ``data_dir``.
         val_size: Training images held out for validation (less than 60,000).
+        train_size: Training images kept of the rest (``None``: all of them), e.g. 10,000 for
+            the small-data setting of L2T-DLF's benchmark.
         batch_size: Images per batch.
         num_workers: Worker processes per dataloader.
         seed: Seed of the train/val split and of the shuffling.
@@ -112,12 +114,17 @@ class MNISTDataModule(TensorClassificationDataModule):
         num_workers: int = 0,
         seed: int = 0,
         normalize: bool = True,
+        train_size: int | None = None,
     ) -> None:
         check_path("data_dir", data_dir)
         check_bool("download", download)
         check_bool("normalize", normalize)
         super().__init__(
-            batch_size=batch_size, val_size=val_size, num_workers=num_workers, seed=seed
+            batch_size=batch_size,
+            val_size=val_size,
+            num_workers=num_workers,
+            seed=seed,
+            train_size=train_size,
         )
         check_less_than("val_size", val_size, self.NUM_TRAIN, "the MNIST training images")
         self.save_hyperparameters()

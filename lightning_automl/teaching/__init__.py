@@ -7,9 +7,10 @@
   student's updates, or applies a frozen (pretrained) one.
 """
 
-from lightning_automl.teaching.callback import DevObjective, LossTeacherCallback, dev_objective
+from lightning_automl.teaching.callback import LossTeacherCallback
 from lightning_automl.teaching.mixin import LossTeacherMixin
 from lightning_automl.teaching.parametric_loss import ParametricLoss, Reduction
+from lightning_automl.teaching.replay import DevObjective, dev_objective
 from lightning_automl.teaching.teacher import TEACHER_FEATURES, LossTeacher, teacher_features
 
 __all__ = [

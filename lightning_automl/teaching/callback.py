@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
-from torch.func import functional_call
 
 from lightning_automl.core.features import ExponentialMovingAverage, classification_summary
 from lightning_automl.core.pretrained import build_component
@@ -17,22 +15,17 @@ from lightning_automl.core.unroll import InnerState, hypergradient, mirror_optim
 from lightning_automl.core.validation import check_bool, check_number, check_positive_int
 from lightning_automl.teaching.mixin import LossTeacherMixin
 from lightning_automl.teaching.parametric_loss import Reduction
+from lightning_automl.teaching.replay import (
+    DevObjective,
+    dev_objective_fn,
+    evaluation_mode,
+    taught_loss_fn,
+)
 from lightning_automl.teaching.teacher import LossTeacher, teacher_features
 
-__all__ = ["DevObjective", "LossTeacherCallback", "dev_objective"]
+__all__ = ["LossTeacherCallback"]
 
-DevObjective = Literal["cross_entropy", "smooth_error"]
 TEACHER_DEFAULTS = {"hidden_size": 32, "ce_weight": 0.5}
-
-
-def dev_objective(logits: Tensor, target: Tensor, kind: DevObjective, sharpness: float) -> Tensor:
-    """The teacher's objective on dev data: cross-entropy, or the smooth error of the authors'
-    demo ``mean(2 sigmoid(k (max_i p_i - p_y)) - 1)`` with ``k = sharpness``."""
-    if kind == "cross_entropy":
-        return F.cross_entropy(logits, target)
-    probs = logits.softmax(-1)
-    gap = probs.max(-1).values - probs.gather(-1, target[:, None]).squeeze(-1)
-    return (2 * torch.sigmoid(sharpness * gap) - 1).mean()
 
 
 class LossTeacherCallback(Callback):
@@ -287,26 +280,16 @@ class LossTeacherCallback(Callback):
         self.teacher.loss(logits, target)  # checks the targets' range
         return batches
 
-    def _dev_logits(self, pl_module: LightningModule, params: Any = None) -> list[Tensor]:
-        training = pl_module.training
-        pl_module.eval()
-        try:
-            pairs = [pl_module.teaching_batch(batch) for batch in self._dev]  # type: ignore[operator]
-            if params is None:
-                return [pl_module(inputs) for inputs, _ in pairs]
-            return [functional_call(pl_module, params, (inputs,)) for inputs, _ in pairs]
-        finally:
-            pl_module.train(training)
-
-    def _dev_targets(self, pl_module: LightningModule) -> Tensor:
-        return torch.cat([pl_module.teaching_batch(b)[1] for b in self._dev])  # type: ignore[operator]
+    def _dev_pairs(self, pl_module: LightningModule) -> list[tuple[Any, Tensor]]:
+        return [pl_module.teaching_batch(batch) for batch in self._dev]  # type: ignore[operator]
 
     @torch.no_grad()
     def _refresh(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """New features: the training average so far and the dev set now, mean over ranks."""
-        dev = classification_summary(
-            torch.cat(self._dev_logits(pl_module)), self._dev_targets(pl_module)
-        )
+        pairs = self._dev_pairs(pl_module)
+        with evaluation_mode(pl_module):
+            logits = torch.cat([pl_module(inputs) for inputs, _ in pairs])
+        dev = classification_summary(logits, torch.cat([target for _, target in pairs]))
         train = self.train_features.value
         summaries = {"train": dev if train is None else train.to(dev.device), "dev": dev}
         self._summaries = {
@@ -334,23 +317,17 @@ class LossTeacherCallback(Callback):
         state = InnerState(window["optimizer_step"], window["optimizer_buffers"])
         buffers = {name: value.clone() for name, value in window["buffers"].items()}
         start = window["start"]
-
-        def training_loss(params: dict[str, Tensor], k: int, micro_batches: list[Any]) -> Tensor:
-            weight, bias = self.teacher(self.features(start + k))
-            losses = []
-            for batch in micro_batches:
-                inputs, target = pl_module.teaching_batch(batch)  # type: ignore[operator]
-                logits = functional_call(pl_module, (params, buffers), (inputs,))
-                losses.append(self.teacher.loss(logits, target, weight, bias))
-            return torch.stack(losses).mean()
-
-        def objective(params: dict[str, Tensor]) -> Tensor:
-            logits = self._dev_logits(pl_module, (params, buffers))
-            target = self._dev_targets(pl_module)
-            return dev_objective(
-                torch.cat(logits), target, self.dev_objective, self.smooth_error_sharpness
-            )
-
+        teaching_batch = pl_module.teaching_batch
+        training_loss = taught_loss_fn(
+            self.teacher, pl_module, buffers, lambda k: self.features(start + k)
+        )
+        objective = dev_objective_fn(
+            pl_module,
+            buffers,
+            self._dev_pairs(pl_module),
+            self.dev_objective,
+            self.smooth_error_sharpness,
+        )
         with torch.enable_grad():
             value, grads = hypergradient(
                 training_loss,
@@ -358,7 +335,7 @@ class LossTeacherCallback(Callback):
                 window["params"],
                 state,
                 inner,
-                window["batches"],
+                [[teaching_batch(batch) for batch in step] for step in window["batches"]],  # type: ignore[operator]
                 list(self.teacher.parameters()),
                 self.checkpoint_every,
             )

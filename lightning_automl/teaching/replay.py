@@ -1,0 +1,86 @@
+"""The two functions of a teacher's hypergradient: the student's taught training loss along an
+unroll and the dev objective after it (torch-only; `LossTeacherCallback` and
+`LossTeacherTrainModule` both build on them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightning_automl.core.unroll import LossFn, Params
+from lightning_automl.teaching.teacher import LossTeacher
+
+__all__ = ["DevObjective", "dev_objective", "dev_objective_fn", "evaluation_mode", "taught_loss_fn"]
+
+DevObjective = Literal["cross_entropy", "smooth_error"]
+Pair = tuple[Any, Tensor]  # (inputs, class targets)
+
+
+def dev_objective(logits: Tensor, target: Tensor, kind: DevObjective, sharpness: float) -> Tensor:
+    """The teacher's objective on dev data: cross-entropy, or the smooth error of the authors'
+    demo ``mean(2 sigmoid(k (max_i p_i - p_y)) - 1)`` with ``k = sharpness``."""
+    if kind == "cross_entropy":
+        return F.cross_entropy(logits, target)
+    probs = logits.softmax(-1)
+    gap = probs.max(-1).values - probs.gather(-1, target[:, None]).squeeze(-1)
+    return (2 * torch.sigmoid(sharpness * gap) - 1).mean()
+
+
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """``module.eval()`` inside the block; its previous mode after."""
+    training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(training)
+
+
+def taught_loss_fn(
+    teacher: LossTeacher,
+    student: nn.Module,
+    buffers: dict[str, Tensor],
+    features_at: Callable[[int], Tensor],
+) -> LossFn:
+    """``loss_fn(params, k, pairs)`` for `lightning_automl.core.unroll`: the mean taught loss of
+    the student at ``params`` over the micro-batches ``pairs`` of its step ``k``, with the
+    coefficients the teacher sets for the state ``features_at(k)`` (differentiable in the
+    teacher's parameters). ``buffers`` (e.g. BatchNorm statistics) are the student's, copied."""
+
+    def loss_fn(params: Params, k: int, pairs: Sequence[Pair]) -> Tensor:
+        weight, bias = teacher(features_at(k))
+        losses = [
+            teacher.loss(
+                functional_call(student, (params, buffers), (inputs,)), target, weight, bias
+            )
+            for inputs, target in pairs
+        ]
+        return torch.stack(losses).mean()
+
+    return loss_fn
+
+
+def dev_objective_fn(
+    student: nn.Module,
+    buffers: dict[str, Tensor],
+    dev: Sequence[Pair],
+    kind: DevObjective,
+    sharpness: float,
+) -> Callable[[Params], Tensor]:
+    """``objective(params)``: `dev_objective` of the student at ``params`` (in eval mode) over
+    all the ``dev`` batches."""
+    target = torch.cat([target for _, target in dev])
+
+    def objective(params: Params) -> Tensor:
+        with evaluation_mode(student):
+            logits = [functional_call(student, (params, buffers), (inputs,)) for inputs, _ in dev]
+        return dev_objective(torch.cat(logits), target, kind, sharpness)
+
+    return objective
