@@ -124,7 +124,7 @@ def test_teacher_hypergradient_matches_finite_differences(inner) -> None:
             list(teacher.parameters()),
         )
 
-    _, grads = run()
+    grads = run().grads
     direction = [torch.randn_like(p) for p in teacher.parameters()]
     analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction, strict=True))
     eps = 1e-6
@@ -133,7 +133,7 @@ def test_teacher_hypergradient_matches_finite_differences(inner) -> None:
         with torch.no_grad():
             for param, d in zip(teacher.parameters(), direction, strict=True):
                 param.add_(sign * eps * d)
-        value = float(run()[0])
+        value = float(run().objective)
         with torch.no_grad():
             for param, d in zip(teacher.parameters(), direction, strict=True):
                 param.sub_(sign * eps * d)

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ from lightning_automl.core.validation import check_number, check_positive_int
 __all__ = [
     "SGD",
     "Adam",
+    "Hypergradient",
     "InnerOptimizer",
     "InnerState",
     "hypergradient",
@@ -290,6 +291,19 @@ def unroll(
     return current, state
 
 
+class Hypergradient(NamedTuple):
+    """What `hypergradient` returns."""
+
+    objective: Tensor
+    """``M(w_K)``."""
+    grads: list[Tensor]
+    """``dM/dlambda`` for each hyperparameter tensor."""
+    params: Params
+    """``w_K``."""
+    state: InnerState
+    """The inner optimizer's state after the unroll."""
+
+
 def hypergradient(
     loss_fn: LossFn,
     objective: Callable[[Params], Tensor],
@@ -299,7 +313,7 @@ def hypergradient(
     batches: Sequence[Any],
     hyperparameters: Sequence[Tensor],
     checkpoint_every: int | None = None,
-) -> tuple[Tensor, list[Tensor]]:
+) -> Hypergradient:
     """``M(w_K)`` after `unroll` from ``params`` and its exact gradient for ``hyperparameters``.
 
     ``params`` and ``state`` are the starting point, a constant of the hyperparameters.
@@ -308,7 +322,8 @@ def hypergradient(
     dropout draws the same masks and the gradient is the same.
 
     Returns:
-        The objective (detached) and one gradient per hyperparameter (zeros where unused).
+        The objective, one gradient per hyperparameter (zeros where unused) and where the unroll
+        ended, all detached.
     """
     if checkpoint_every is not None:
         check_positive_int("checkpoint_every", checkpoint_every)
@@ -316,10 +331,15 @@ def hypergradient(
     state = state.replace_tensors([value.detach() for value in state.tensors()])
     if checkpoint_every is None or checkpoint_every >= len(batches):
         leaves = {name: value.requires_grad_() for name, value in start.items()}
-        final, _ = unroll(loss_fn, leaves, state, optimizer, batches)
+        final, final_state = unroll(loss_fn, leaves, state, optimizer, batches)
         value = objective(final)
         grads = torch.autograd.grad(value, list(hyperparameters), allow_unused=True)
-        return value.detach(), _zeros_for_unused(grads, hyperparameters)
+        return Hypergradient(
+            value.detach(),
+            _zeros_for_unused(grads, hyperparameters),
+            {name: param.detach() for name, param in final.items()},
+            final_state.replace_tensors([buffer.detach() for buffer in final_state.tensors()]),
+        )
 
     boundaries = []
     current = start
@@ -327,6 +347,7 @@ def hypergradient(
         boundaries.append((first, current, state, _rng_state()))
         segment = batches[first : first + checkpoint_every]
         current, state = unroll(loss_fn, current, state, optimizer, segment, False, first)
+    final_state = state
     final = {name: value.requires_grad_() for name, value in current.items()}
     value = objective(final)
     adjoint = list(torch.autograd.grad(value, list(final.values())))
@@ -354,7 +375,7 @@ def hypergradient(
                 totals, _zeros_for_unused(grads[len(inputs) :], hyperparameters), strict=True
             )
         ]
-    return value.detach(), totals
+    return Hypergradient(value.detach(), totals, current, final_state)
 
 
 def _cuda_devices() -> list[int]:

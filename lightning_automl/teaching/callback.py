@@ -329,7 +329,7 @@ class LossTeacherCallback(Callback):
             self.smooth_error_sharpness,
         )
         with torch.enable_grad():
-            value, grads = hypergradient(
+            result = hypergradient(
                 training_loss,
                 objective,
                 window["params"],
@@ -339,14 +339,16 @@ class LossTeacherCallback(Callback):
                 list(self.teacher.parameters()),
                 self.checkpoint_every,
             )
-        for param, grad in zip(self.teacher.parameters(), grads, strict=True):
+        for param, grad in zip(self.teacher.parameters(), result.grads, strict=True):
             param.grad = trainer.strategy.reduce(grad, reduce_op="mean")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         weight, bias = self.teacher.base_weight, self.teacher.base_bias
         pl_module.log_dict(
             {
-                "teacher/dev_objective": trainer.strategy.reduce(value, reduce_op="mean"),
+                "teacher/dev_objective": trainer.strategy.reduce(
+                    result.objective, reduce_op="mean"
+                ),
                 "teacher/weight_diagonal": weight.detach().diagonal().mean(),
                 "teacher/bias": bias.detach().mean(),
             },
