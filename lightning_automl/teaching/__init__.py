@@ -5,6 +5,7 @@
 - `LossTeacherMixin`: gives a `LightningModule` ``taught_loss(logits, target)``.
 - `LossTeacherCallback`: trains the teacher online by exact hypergradients through the
   student's updates, or applies a frozen (pretrained) one.
+- `LossTeacherTrainModule`: the episodic protocol, a teacher trained across student runs.
 """
 
 from lightning_automl.teaching.callback import LossTeacherCallback
@@ -12,6 +13,7 @@ from lightning_automl.teaching.mixin import LossTeacherMixin
 from lightning_automl.teaching.parametric_loss import ParametricLoss, Reduction
 from lightning_automl.teaching.replay import DevObjective, dev_objective
 from lightning_automl.teaching.teacher import TEACHER_FEATURES, LossTeacher, teacher_features
+from lightning_automl.teaching.train_module import LossTeacherTrainModule
 
 __all__ = [
     "TEACHER_FEATURES",
@@ -19,6 +21,7 @@ __all__ = [
     "LossTeacher",
     "LossTeacherCallback",
     "LossTeacherMixin",
+    "LossTeacherTrainModule",
     "ParametricLoss",
     "Reduction",
     "dev_objective",

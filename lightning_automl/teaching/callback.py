@@ -23,9 +23,32 @@ from lightning_automl.teaching.replay import (
 )
 from lightning_automl.teaching.teacher import LossTeacher, teacher_features
 
-__all__ = ["LossTeacherCallback"]
+__all__ = ["LossTeacherCallback", "first_validation_batches"]
 
 TEACHER_DEFAULTS = {"hidden_size": 32, "ce_weight": 0.5}
+
+
+def first_validation_batches(trainer: Trainer, count: int, user: str) -> list[Any]:
+    """The first ``count`` batches of the fit's validation data, on the training device.
+
+    Raises:
+        ValueError: The fit has no validation data, or it is empty (``user`` names who needs
+            it in the message).
+    """
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    if not source.is_defined():
+        raise ValueError(
+            f"{user} needs validation data for the dev objective: pass val_dataloaders to "
+            "Trainer.fit or define val_dataloader() in the module or datamodule"
+        )
+    batches: list[Any] = []
+    for batch in source.dataloader():
+        if len(batches) == count:
+            break
+        batches.append(trainer.strategy.batch_to_device(batch))
+    if not batches:
+        raise ValueError(f"{user}'s validation dataloader is empty")
+    return batches
 
 
 class LossTeacherCallback(Callback):
@@ -255,20 +278,7 @@ class LossTeacherCallback(Callback):
         return max(1, int(total))
 
     def _load_dev_batches(self, trainer: Trainer, pl_module: LightningModule) -> list[Any]:
-        source = trainer.fit_loop.epoch_loop.val_loop._data_source
-        if not source.is_defined():
-            raise ValueError(
-                "LossTeacherCallback needs validation data for the dev objective: pass "
-                "val_dataloaders to Trainer.fit or define val_dataloader() in the module or "
-                "datamodule"
-            )
-        batches: list[Any] = []
-        for batch in source.dataloader():
-            if len(batches) == self.dev_batches:
-                break
-            batches.append(trainer.strategy.batch_to_device(batch))
-        if not batches:
-            raise ValueError("LossTeacherCallback's validation dataloader is empty")
+        batches = first_validation_batches(trainer, self.dev_batches, "LossTeacherCallback")
         inputs, target = pl_module.teaching_batch(batches[0])  # type: ignore[operator]
         with torch.no_grad():
             logits = pl_module(inputs)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_automl.core.features import classification_summary
 from lightning_automl.core.unroll import LossFn, Params
 from lightning_automl.teaching.teacher import LossTeacher
 
@@ -48,20 +49,22 @@ def taught_loss_fn(
     student: nn.Module,
     buffers: dict[str, Tensor],
     features_at: Callable[[int], Tensor],
+    observe: Callable[[Tensor], None] | None = None,
 ) -> LossFn:
     """``loss_fn(params, k, pairs)`` for `lightning_automl.core.unroll`: the mean taught loss of
     the student at ``params`` over the micro-batches ``pairs`` of its step ``k``, with the
     coefficients the teacher sets for the state ``features_at(k)`` (differentiable in the
-    teacher's parameters). ``buffers`` (e.g. BatchNorm statistics) are the student's, copied."""
+    teacher's parameters). ``buffers`` (e.g. BatchNorm statistics) are the student's, copied.
+    ``observe``, if given, receives the `classification_summary` of every micro-batch."""
 
     def loss_fn(params: Params, k: int, pairs: Sequence[Pair]) -> Tensor:
         weight, bias = teacher(features_at(k))
-        losses = [
-            teacher.loss(
-                functional_call(student, (params, buffers), (inputs,)), target, weight, bias
-            )
-            for inputs, target in pairs
-        ]
+        losses = []
+        for inputs, target in pairs:
+            logits = functional_call(student, (params, buffers), (inputs,))
+            if observe is not None:
+                observe(classification_summary(logits, target))
+            losses.append(teacher.loss(logits, target, weight, bias))
         return torch.stack(losses).mean()
 
     return loss_fn
