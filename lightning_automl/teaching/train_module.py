@@ -44,8 +44,10 @@ class LossTeacherTrainModule(LightningModule):
 
     Under DDP each rank trains its own student on its shard of the data and the teacher's
     gradient is averaged. Logs ``teacher/dev_objective`` per update and
-    ``teacher/final_dev_error`` (the dev error of each finished student). The student's state
-    is saved in checkpoints, so a resumed run continues as the uninterrupted one would.
+    ``teacher/final_dev_error`` (the dev error of each finished student). The running student,
+    its optimizer state, the feature average and the pending batches are saved in checkpoints;
+    a resume mid-epoch repeats the uninterrupted run when the dataloader is resumable
+    (Lightning's rule).
 
     Args:
         architecture: The student, ``"mlp"`` or ``"cnn"`` (`student_network`).

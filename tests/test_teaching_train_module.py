@@ -1,0 +1,123 @@
+"""LossTeacherTrainModule: the episodic protocol of L2T-DLF."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningDataModule, seed_everything
+from tiny import quiet_trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_automl.data.sampling import EpochSeededRandomSampler
+from lightning_automl.teaching import LossTeacher, LossTeacherCallback, LossTeacherTrainModule
+
+
+class FakeDigits(LightningDataModule):
+    """48 training and 32 validation 'images' (1 x 28 x 28) of 10 classes; batches of 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        y = torch.arange(80) % 10
+        x = torch.randn(80, 1, 28, 28, generator=generator) * 0.5 + y[:, None, None, None] / 10
+        self.train, self.val = TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])
+
+    def train_dataloader(self):
+        return DataLoader(
+            self.train, batch_size=8, sampler=EpochSeededRandomSampler(self.train, seed=0)
+        )
+
+    def val_dataloader(self):
+        return DataLoader(self.val, batch_size=8)
+
+
+class Episodes(Callback):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append((pl_module.episode["index"], pl_module.episode["step"]))
+
+
+def teacher_training(**overrides) -> LossTeacherTrainModule:
+    settings = {"episode_steps": 6, "unroll_steps": 3, "teacher_lr": 0.05, "dev_batches": 2}
+    return LossTeacherTrainModule(**{**settings, **overrides})
+
+
+def test_teacher_learns_over_episodes_that_restart_from_scratch() -> None:
+    seed_everything(0)
+    module = teacher_training()
+    episodes = Episodes()
+    trainer = quiet_trainer(max_steps=4, callbacks=[episodes], log_every_n_steps=1)
+    trainer.fit(module, FakeDigits())
+    # 4 teacher updates of 3 student steps each; a new student after every 6 steps.
+    assert episodes.seen[2::3] == [(0, 3), (1, 0), (1, 3), (2, 0)]
+    assert trainer.global_step == 4
+    assert "teacher/dev_objective" in trainer.callback_metrics
+    assert "teacher/final_dev_error" in trainer.callback_metrics
+    untrained = LossTeacher(num_classes=10)
+    assert not torch.equal(module.teacher.head.weight, untrained.head.weight)
+
+
+def test_new_students_differ_per_episode_and_rank() -> None:
+    module = teacher_training()
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(module, FakeDigits())
+    first = module._new_episode(0)["params"]
+    again = module._new_episode(0)["params"]
+    second = module._new_episode(1)["params"]
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not torch.equal(first["1.weight"], second["1.weight"])
+
+
+def test_checkpoint_restores_the_teacher_and_the_running_student(tmp_path) -> None:
+    # After 4 updates of 3 steps the second student is mid-episode (step 3 of 9); it, the
+    # teacher, the feature average and the pending batches come back from the checkpoint.
+    seed_everything(0)
+    module = teacher_training(episode_steps=9)
+    trainer = quiet_trainer(max_steps=4)
+    trainer.fit(module, FakeDigits())
+    module.pending = [next(iter(FakeDigits().train_dataloader()))]
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    restored = teacher_training(episode_steps=9)
+    quiet_trainer(max_steps=4).fit(restored, FakeDigits(), ckpt_path=tmp_path / "run.ckpt")
+    assert (restored.episode["index"], restored.episode["step"]) == (1, 3)
+    for name, value in module.episode["params"].items():
+        assert torch.equal(restored.episode["params"][name], value)
+    for kind, buffers in module.episode["optimizer_buffers"].items():
+        for name, value in buffers.items():
+            assert torch.equal(restored.episode["optimizer_buffers"][kind][name], value)
+    for expected, actual in zip(
+        module.teacher.parameters(), restored.teacher.parameters(), strict=True
+    ):
+        assert torch.equal(actual, expected)
+    assert torch.equal(restored.train_features.value, module.train_features.value)
+    assert torch.equal(restored.pending[0][0], module.pending[0][0])
+
+
+def test_trained_teacher_is_saved_and_frozen_in_the_callback(tmp_path) -> None:
+    module = teacher_training(hidden_size=7, ce_weight=0.4)
+    quiet_trainer(max_steps=2).fit(module, FakeDigits())
+    module.save_pretrained(tmp_path / "teacher", description="test")
+    callback = LossTeacherCallback(pretrained=str(tmp_path / "teacher"), frozen=True)
+    for expected, actual in zip(
+        module.teacher.parameters(), callback.teacher.parameters(), strict=True
+    ):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    assert callback.teacher.loss.ce_weight == 0.4
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="architecture must be 'mlp' or 'cnn', got 'rnn'"):
+        LossTeacherTrainModule(architecture="rnn")
+    with pytest.raises(ValueError, match="unroll_steps must be a positive integer"):
+        LossTeacherTrainModule(unroll_steps=0)
+    with pytest.raises(ValueError, match="lr must be a number > 0"):
+        LossTeacherTrainModule(student_lr=0.0)
+    module = teacher_training()
+
+    class NoValidation(FakeDigits):
+        val_dataloader = LightningDataModule.val_dataloader
+
+    with pytest.raises(ValueError, match="needs validation data"):
+        quiet_trainer(max_steps=1).fit(module, NoValidation())
