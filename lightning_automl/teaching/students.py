@@ -13,20 +13,20 @@ Architecture = Literal["mlp", "cnn"]
 
 def student_network(architecture: Architecture, num_classes: int = 10) -> nn.Module:
     """An MNIST classifier: ``"mlp"`` 784-100-C (ReLU), or ``"cnn"``: two 5x5 convolutions
-    (16 and 32 channels, ReLU, 2x2 max-pooling) and a linear layer."""
+    (8 and 16 channels, ReLU, 2x2 max-pooling) and a linear layer."""
     if architecture == "mlp":
         return nn.Sequential(
             nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, num_classes)
         )
     if architecture == "cnn":
         return nn.Sequential(
-            nn.Conv2d(1, 16, 5, padding=2),
+            nn.Conv2d(1, 8, 5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2),
+            nn.Conv2d(8, 16, 5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * 7 * 7, num_classes),
+            nn.Linear(16 * 7 * 7, num_classes),
         )
     raise ValueError(f"architecture must be 'mlp' or 'cnn', got {architecture!r}")

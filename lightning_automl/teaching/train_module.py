@@ -30,24 +30,24 @@ __all__ = ["LossTeacherTrainModule"]
 class LossTeacherTrainModule(LightningModule):
     """Trains a `LossTeacher` over whole student runs from scratch (Wu et al., NeurIPS 2018).
 
-    Each training batch is one student step; each ``unroll_steps`` of them make one teacher
-    update. The student (``student_network(architecture)``, fresh weights for every episode,
-    drawn from ``seed``, the episode and the DDP rank) takes those steps functionally with SGD
-    (momentum) on the taught loss; the dev objective on ``dev_batches`` validation batches then
-    gives the teacher its exact hypergradient through them (`core.unroll.hypergradient`), and
-    the teacher's Adam steps. The student carries on from where the unroll ended; after
-    ``episode_steps`` steps a new student starts. The teacher reads the features that
-    `LossTeacherCallback` computes (progress = step / ``episode_steps``, a moving average of the
-    training batches' summaries, the dev summary refreshed at each update), so the trained
-    teacher can then be frozen in that callback to teach new students with no hypergradient:
-    ``LossTeacherCallback(pretrained=..., frozen=True)`` over a run of ``episode_steps`` steps.
+    Each training batch is one teacher update: it is split into ``unroll_steps`` minibatches,
+    one per student step (a batch of 1,280 gives 10 steps of 128). The student
+    (``student_network(architecture)``, fresh weights for every episode, drawn from ``seed``, the
+    episode and the DDP rank) takes those steps functionally with SGD (momentum) on the taught
+    loss; the dev objective on ``dev_batches`` validation batches then gives the teacher its exact
+    hypergradient through them (`core.unroll.hypergradient`), and the teacher's Adam steps. The
+    student carries on from where the unroll ended; after ``episode_steps`` steps a new student
+    starts. The teacher reads the features that `LossTeacherCallback` computes (progress = step /
+    ``episode_steps``, a moving average of the training batches' summaries, the dev summary
+    refreshed at each update), so the trained teacher can then be frozen in that callback to
+    teach new students with no hypergradient: ``LossTeacherCallback(pretrained=...,
+    frozen=True, update_every_n_steps=unroll_steps)`` over a run of ``episode_steps`` steps.
 
     Under DDP each rank trains its own student on its shard of the data and the teacher's
     gradient is averaged. Logs ``teacher/dev_objective`` per update and
     ``teacher/final_dev_error`` (the dev error of each finished student). The running student,
-    its optimizer state, the feature average and the pending batches are saved in checkpoints;
-    a resume mid-epoch repeats the uninterrupted run when the dataloader is resumable
-    (Lightning's rule).
+    its optimizer state and the feature average are saved in checkpoints; a resume mid-epoch
+    repeats the uninterrupted run when the dataloader is resumable (Lightning's rule).
 
     Args:
         architecture: The student, ``"mlp"`` or ``"cnn"`` (`student_network`).
@@ -78,8 +78,8 @@ class LossTeacherTrainModule(LightningModule):
         student_momentum: float = 0.9,
         episode_steps: int = 1600,
         unroll_steps: int = 10,
-        teacher_lr: float = 1e-3,
-        dev_batches: int = 4,
+        teacher_lr: float = 0.01,
+        dev_batches: int = 8,
         dev_objective: DevObjective = "cross_entropy",
         smooth_error_sharpness: float = 50.0,
         feature_decay: float = 0.9,
@@ -105,7 +105,6 @@ class LossTeacherTrainModule(LightningModule):
             self.__dict__["student"] = student_network(architecture, num_classes)
         self.train_features = ExponentialMovingAverage(feature_decay)
         self.episode: dict[str, Any] | None = None
-        self.pending: list[tuple[Tensor, Tensor]] = []
         self.dev: list[tuple[Tensor, Tensor]] = []
 
     def save_pretrained(self, path: str | os.PathLike[str], **card_fields: Any) -> PretrainedCard:
@@ -123,21 +122,25 @@ class LossTeacherTrainModule(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if self.episode is None:
             self.episode = self._new_episode(0)
-        self.pending.append(batch)
-        if len(self.pending) == self.hparams["unroll_steps"]:
-            self._update_teacher()
-            self.pending = []
+        inputs, target = batch
+        steps = self.hparams["unroll_steps"]
+        if len(target) < steps:
+            raise ValueError(
+                f"a training batch of {len(target)} samples cannot be split into unroll_steps="
+                f"{steps} student minibatches: use batches of unroll_steps x the student's batch"
+            )
+        minibatches = zip(inputs.tensor_split(steps), target.tensor_split(steps), strict=True)
+        self._update_teacher([[pair] for pair in minibatches])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["teacher_training"] = {
             "episode": self.episode,
-            "pending": self.pending,
             "train_features": self.train_features.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["teacher_training"]
-        self.episode, self.pending = state["episode"], state["pending"]
+        self.episode = state["episode"]
         self.train_features.load_state_dict(state["train_features"])
 
     # -- internals ----------------------------------------------------------------------------
@@ -173,7 +176,7 @@ class LossTeacherTrainModule(LightningModule):
             )
         return classification_summary(logits, torch.cat([y for _, y in self.dev]))
 
-    def _update_teacher(self) -> None:
+    def _update_teacher(self, steps: list[list[tuple[Tensor, Tensor]]]) -> None:
         episode = self.episode
         assert episode is not None
         hparams = self.hparams
@@ -197,7 +200,7 @@ class LossTeacherTrainModule(LightningModule):
             episode["params"],
             InnerState(episode["optimizer_step"], episode["optimizer_buffers"]),
             self.inner,
-            [[pair] for pair in self.pending],
+            steps,
             list(self.teacher.parameters()),
         )
         optimizer = self.optimizers()
@@ -209,7 +212,7 @@ class LossTeacherTrainModule(LightningModule):
         for summary in observed:
             self.train_features.update(summary)
         episode.update(
-            step=start + len(self.pending),
+            step=start + len(steps),
             params=result.params,
             optimizer_step=result.state.step,
             optimizer_buffers=result.state.buffers,

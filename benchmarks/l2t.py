@@ -1,0 +1,373 @@
+"""L2T-DLF (Wu, Tian et al., NeurIPS 2018) against cross-entropy on MNIST; its hypergradient cost.
+
+Quality: MNIST with 10,000 training, 5,000 dev (validation) and the 10,000 test images; the
+students are the MLP 784-100-10 and the small CNN of `teaching.students.student_network`,
+trained with SGD (momentum 0.9, the learning rate of cross-entropy picked on a grid with a
+separate seed) for EPOCHS epochs of batches of 128. Each student is trained three ways with
+identical budgets: cross-entropy, the online teacher (`LossTeacherCallback` with its defaults,
+a fresh teacher per run) and the shipped `teacher-mnist`, frozen. Test error over SEEDS seeds
+(mean and standard deviation), and the wall time per student step against cross-entropy's.
+
+Hypergradient cost: one teacher update on each student (K SGD-momentum steps of the taught
+loss on batches of 128, dev cross-entropy on 512 images, reverse mode to the teacher's
+parameters) by `core.unroll.hypergradient`, by the same with checkpointing every 5 steps, and
+by torchopt's `MetaSGD` (the peer), for K = 5, 20, 50: the median time of 3 updates and the
+peak memory, each measured in a fresh process as the growth of its peak resident set. The
+three hypergradients are checked to agree.
+
+    python benchmarks/l2t.py            # the full run (see the docs for its time)
+    python benchmarks/l2t.py --quick    # smoke run, small budget
+
+Targets (issue 5): for both students, the mean test error of L2T (online, and frozen) at least
+5 % below cross-entropy's; at each K, the hypergradient no slower and using no more memory than
+torchopt's; the online teacher's time per step at most 2x cross-entropy's, the frozen teacher's
+at most 1.1x.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a shared machine
+
+import gc
+import multiprocessing
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import torch
+import torchopt
+from harness import Report, format_table, parse_args, target
+from lightning.pytorch import Callback, Trainer, seed_everything
+from torch import Tensor, nn
+
+from lightning_automl.core.unroll import SGD, hypergradient
+from lightning_automl.data import MNISTDataModule
+from lightning_automl.models import TaughtClassifier
+from lightning_automl.teaching import TEACHER_FEATURES, LossTeacher, LossTeacherCallback
+from lightning_automl.teaching.replay import dev_objective_fn, taught_loss_fn
+from lightning_automl.teaching.students import student_network
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt
+
+NAME = "l2t"
+STUDENTS = ("mlp", "cnn")
+METHODS = ("cross_entropy", "online", "frozen")
+SEEDS = (0, 1, 2, 3, 4)
+TUNING_SEED = 100
+LEARNING_RATES = (0.02, 0.05, 0.1, 0.2)
+EPOCHS = 20
+UNROLLS = (5, 20, 50)
+PEERS = ("ours", "ours_checkpointed", "torchopt")
+TEACHER = "teacher-mnist"
+
+
+class ErrorCurve(Callback):
+    """Test error after every epoch, and the fit's wall time."""
+
+    def __init__(self, test_loader) -> None:
+        self.test_loader, self.errors, self.seconds = test_loader, [], 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        paused = time.perf_counter()
+        self.errors.append(test_error(pl_module, self.test_loader))
+        self.started += time.perf_counter() - paused  # not counted as training time
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.seconds = time.perf_counter() - self.started
+
+
+@torch.no_grad()
+def test_error(model: nn.Module, loader) -> float:
+    training = model.training
+    model.eval()
+    wrong = sum(int((model(x).argmax(-1) != y).sum()) for x, y in loader)
+    model.train(training)
+    return wrong / len(loader.dataset)
+
+
+def train_student(
+    data: MNISTDataModule, student: str, method: str, lr: float, seed: int, epochs: int
+) -> dict[str, Any]:
+    seed_everything(seed)
+    loss = "cross_entropy" if method == "cross_entropy" else "taught"
+    model = TaughtClassifier(student, loss, lr=lr)
+    curve = ErrorCurve(data.test_dataloader())
+    callbacks: list[Callback] = [curve]
+    if method == "online":
+        callbacks.append(LossTeacherCallback(num_classes=10))
+    elif method == "frozen":
+        callbacks.append(LossTeacherCallback(pretrained=TEACHER, frozen=True))
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, data)
+    return {
+        "test_error": curve.errors[-1],
+        "curve": curve.errors,
+        "seconds_per_step": curve.seconds / trainer.global_step,
+    }
+
+
+def quality(data_dir: Path, quick: bool) -> dict[str, Any]:
+    epochs = 1 if quick else EPOCHS
+    seeds = SEEDS[:1] if quick else SEEDS
+    train_size = 1024 if quick else 10_000
+    results: dict[str, Any] = {}
+    for student in STUDENTS:
+        tuning_data = MNISTDataModule(
+            str(data_dir / "mnist"), train_size=train_size, seed=TUNING_SEED
+        )
+        rates = LEARNING_RATES[1:2] if quick else LEARNING_RATES
+        tuning = {lr: train_dev_error(tuning_data, student, lr, epochs) for lr in rates}
+        lr = min(tuning, key=tuning.__getitem__)
+        runs: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
+        for seed in seeds:
+            data = MNISTDataModule(str(data_dir / "mnist"), train_size=train_size, seed=seed)
+            for method in METHODS:
+                runs[method].append(train_student(data, student, method, lr, seed, epochs))
+        results[student] = {"lr": lr, "lr_dev_error": tuning, "runs": runs}
+        for method in METHODS:
+            errors = [run["test_error"] for run in runs[method]]
+            step_times = [run["seconds_per_step"] for run in runs[method]]
+            results[student][method] = {
+                "mean": statistics.fmean(errors),
+                "std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
+                "seconds_per_step": statistics.fmean(step_times),
+            }
+    return results
+
+
+def train_dev_error(data: MNISTDataModule, student: str, lr: float, epochs: int) -> float:
+    """Cross-entropy's dev error at ``lr`` (the learning-rate grid search, tuning seed)."""
+    seed_everything(TUNING_SEED)
+    model = TaughtClassifier(student, "cross_entropy", lr=lr)
+    Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    ).fit(model, data)
+    return test_error(model, data.val_dataloader())
+
+
+# -- hypergradient cost --------------------------------------------------------------------
+
+
+def peak_kib() -> int:
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def resident_kib() -> int:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def teacher_update(
+    student_name: str, peer: str, unroll: int, data_dir: str, measure: str
+) -> dict[str, Any]:
+    """One teacher update of the ``student_name`` student by ``peer``.
+
+    ``measure``: ``"time"`` (3 runs after a warm-up) or ``"memory"`` (one run from a reset
+    peak: the growth of the peak resident set). Runs in a fresh process.
+    """
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    student = student_network(student_name)
+    teacher = LossTeacher(num_classes=10)
+    with torch.no_grad():  # a teacher away from its zero-initialised output layer
+        for param in teacher.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    data = MNISTDataModule(data_dir, train_size=128 * unroll, val_size=512, batch_size=128)
+    data.setup()
+    batches = list(data.train_dataloader())[:unroll]
+    dev_x, dev_y = data.datasets["val"].tensors
+    features = torch.rand(len(TEACHER_FEATURES))
+    lr, momentum = 0.1, 0.9
+
+    def ours(checkpoint_every: int | None) -> list[Tensor]:
+        params = {name: p.detach() for name, p in student.named_parameters()}
+        inner = SGD(lr, momentum)
+        result = hypergradient(
+            taught_loss_fn(teacher, student, {}, lambda k: features),
+            dev_objective_fn(student, {}, [(dev_x, dev_y)], "cross_entropy", 50.0),
+            params,
+            inner.init_state(params),
+            inner,
+            [[batch] for batch in batches],
+            list(teacher.parameters()),
+            checkpoint_every,
+        )
+        return result.grads
+
+    def torchopt_meta_sgd() -> list[Tensor]:
+        copy = student_network(student_name)
+        copy.load_state_dict(student.state_dict())
+        optimizer = torchopt.MetaSGD(copy, lr=lr, momentum=momentum)
+        for x, y in batches:
+            optimizer.step(teacher.taught_loss(copy(x), y, features))
+        dev = nn.functional.cross_entropy(copy(dev_x), dev_y)
+        return list(torch.autograd.grad(dev, list(teacher.parameters())))
+
+    run = {
+        "ours": lambda: ours(None),
+        "ours_checkpointed": lambda: ours(5),
+        "torchopt": torchopt_meta_sgd,
+    }[peer]
+    if measure == "memory":
+        gc.collect()
+        before = resident_kib()
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set
+        grads = run()
+        return {"peak_mib": (peak_kib() - before) / 1024, "grads": [g.tolist() for g in grads]}
+    run()
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return {"seconds": statistics.median(times)}
+
+
+def cost(data_dir: Path, quick: bool) -> dict[str, Any]:
+    unrolls = UNROLLS[:1] if quick else UNROLLS
+    # Blocks of 64 KiB and more are mapped and unmapped one by one, so the resident set follows
+    # the live tensors instead of the allocator's free lists.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    context = multiprocessing.get_context("spawn")
+    results: dict[str, Any] = {}
+    for student in STUDENTS:
+        results[student] = {}
+        for unroll in unrolls:
+            row: dict[str, Any] = {}
+            grads = {}
+            for peer in PEERS:
+                arguments = (student, peer, unroll, str(data_dir / "mnist"))
+                with context.Pool(1) as pool:
+                    memory = pool.apply(teacher_update, (*arguments, "memory"))
+                with context.Pool(1) as pool:
+                    timing = pool.apply(teacher_update, (*arguments, "time"))
+                row[peer] = {"seconds": timing["seconds"], "peak_mib": memory["peak_mib"]}
+                grads[peer] = torch.cat([torch.tensor(g).flatten() for g in memory["grads"]])
+            reference = grads["torchopt"]
+            for peer in PEERS:
+                difference = (grads[peer] - reference).norm() / reference.norm()
+                row[peer]["relative_difference"] = float(difference)
+            results[student][str(unroll)] = row
+    return results
+
+
+def main() -> None:
+    args = parse_args(NAME, __doc__.splitlines()[0])
+    report = Report(NAME, args)
+    results = {
+        "quality": quality(args.data_dir, args.quick),
+        "cost": cost(args.data_dir, args.quick),
+    }
+    targets = []
+    for student in STUDENTS:
+        r = results["quality"][student]
+        ce = r["cross_entropy"]
+        for method in ("online", "frozen"):
+            targets.append(
+                target(
+                    f"{method}_error_5pct_below_ce_{student}",
+                    r[method]["mean"],
+                    0.95 * ce["mean"],
+                    "<=",
+                )
+            )
+        ratio = r["online"]["seconds_per_step"] / ce["seconds_per_step"]
+        targets.append(target(f"online_step_time_ratio_{student}", ratio, 2.0, "<="))
+        ratio = r["frozen"]["seconds_per_step"] / ce["seconds_per_step"]
+        targets.append(target(f"frozen_step_time_ratio_{student}", ratio, 1.1, "<="))
+    for student in STUDENTS:
+        for unroll, row in results["cost"][student].items():
+            name, ours, peer = f"{student}_K{unroll}", row["ours"], row["torchopt"]
+            targets.append(
+                target(
+                    f"hypergradient_time_le_torchopt_{name}", ours["seconds"], peer["seconds"], "<="
+                )
+            )
+            targets.append(
+                target(
+                    f"hypergradient_memory_le_torchopt_{name}",
+                    ours["peak_mib"],
+                    peer["peak_mib"],
+                    "<=",
+                )
+            )
+    rows = []
+    for student in STUDENTS:
+        r = results["quality"][student]
+        for method in METHODS:
+            m = r[method]
+            rows.append(
+                [
+                    student,
+                    method,
+                    f"{100 * m['mean']:.2f} +- {100 * m['std']:.2f}",
+                    1000 * m["seconds_per_step"],
+                ]
+            )
+    table = format_table(["student", "training", "test error %", "ms / step"], rows)
+    cost_rows = [
+        [student, unroll, peer, cell["seconds"], cell["peak_mib"], cell["relative_difference"]]
+        for student in STUDENTS
+        for unroll, row in results["cost"][student].items()
+        for peer, cell in row.items()
+    ]
+    table += "\n\n" + format_table(
+        ["K", "hypergradient", "seconds", "peak MiB", "rel. diff."], cost_rows
+    )
+    results["settings"] = {
+        "epochs": EPOCHS,
+        "seeds": SEEDS,
+        "learning_rates": LEARNING_RATES,
+        "unrolls": UNROLLS,
+    }
+    report.write(results, targets, table)
+
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for axis, student in zip(axes, STUDENTS, strict=False):
+        for method in METHODS:
+            curves = torch.tensor(
+                [run["curve"] for run in results["quality"][student]["runs"][method]]
+            )
+            epochs = range(1, curves.shape[1] + 1)
+            axis.plot(epochs, 100 * curves.mean(0), label=method)
+        axis.set(title=f"MNIST {student}", xlabel="epoch", ylabel="test error (%)")
+        axis.legend(fontsize=7)
+    for student, style in zip(STUDENTS, ("o-", "s--"), strict=True):
+        cost_results = results["cost"][student]
+        unrolls = [int(k) for k in cost_results]
+        for peer in PEERS:
+            peaks = [cost_results[str(k)][peer]["peak_mib"] for k in unrolls]
+            axes[2].plot(unrolls, peaks, style, label=f"{student} {peer}")
+    axes[2].set(title="hypergradient memory", xlabel="unroll K", ylabel="peak MiB")
+    axes[2].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(report.png, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
