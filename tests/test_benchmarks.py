@@ -13,6 +13,7 @@ BENCHMARKS = [
     pytest.param("early_exit", marks=requires_shared_data("mnist")),
     pytest.param("lista_stop"),
     pytest.param("l2l", marks=requires_shared_data("mnist")),
+    pytest.param("l2t", marks=requires_shared_data("mnist")),
 ]
 
 

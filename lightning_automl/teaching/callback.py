@@ -113,7 +113,7 @@ class LossTeacherCallback(Callback):
         hidden_size: int | None = None,
         ce_weight: float | None = None,
         unroll_steps: int = 10,
-        update_every_n_steps: int = 25,
+        update_every_n_steps: int = 50,
         teacher_lr: float = 0.01,
         dev_batches: int = 8,
         dev_objective: DevObjective = "cross_entropy",

@@ -22,7 +22,7 @@ from lightning_automl.teaching.replay import (
     taught_loss_fn,
 )
 from lightning_automl.teaching.students import Architecture, student_network
-from lightning_automl.teaching.teacher import LossTeacher, teacher_features
+from lightning_automl.teaching.teacher import TEACHER_FEATURES, LossTeacher, teacher_features
 
 __all__ = ["LossTeacherTrainModule"]
 
@@ -108,7 +108,19 @@ class LossTeacherTrainModule(LightningModule):
         self.dev: list[tuple[Tensor, Tensor]] = []
 
     def save_pretrained(self, path: str | os.PathLike[str], **card_fields: Any) -> PretrainedCard:
-        """Save the teacher (`LossTeacher.save_pretrained`)."""
+        """Save the teacher (`LossTeacher.save_pretrained`); the card also gets the features it
+        reads and the students it was trained on, unless ``card_fields`` give them."""
+        hparams = self.hparams
+        students = (
+            f"{hparams['architecture']} students from scratch, SGD lr {hparams['student_lr']} "
+            f"momentum {hparams['student_momentum']}, {hparams['episode_steps']} steps each"
+        )
+        feature_spec = {
+            "features": list(TEACHER_FEATURES),
+            "progress": "student step / episode_steps",
+            "refresh_every_n_steps": hparams["unroll_steps"],
+        }
+        card_fields = {"feature_spec": feature_spec, "tasks": [students], **card_fields}
         return self.teacher.save_pretrained(path, **card_fields)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
