@@ -140,6 +140,7 @@ def quality(data_dir: Path, quick: bool) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
         for seed in seeds:
             data = MNISTDataModule(str(data_dir / "mnist"), train_size=train_size, seed=seed)
+            data.setup()
             for method in METHODS:
                 runs[method].append(train_student(data, student, method, lr, seed, epochs))
         results[student] = {"lr": lr, "lr_dev_error": tuning, "runs": runs}
@@ -336,9 +337,8 @@ def main() -> None:
         for unroll, row in results["cost"][student].items()
         for peer, cell in row.items()
     ]
-    table += "\n\n" + format_table(
-        ["K", "hypergradient", "seconds", "peak MiB", "rel. diff."], cost_rows
-    )
+    header = ["student", "K", "hypergradient", "seconds", "peak MiB", "rel. diff."]
+    table += "\n\n" + format_table(header, cost_rows)
     results["settings"] = {
         "epochs": EPOCHS,
         "seeds": SEEDS,
