@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_automl.core.features import classification_summary
 from lightning_automl.core.unroll import SGD, Adam, hypergradient
 from lightning_automl.teaching import (
     TEACHER_FEATURES,
@@ -310,3 +311,30 @@ def test_unsupported_student_optimizer_is_refused() -> None:
     trainer = quiet_trainer(max_epochs=1, callbacks=[LossTeacherCallback(num_classes=3)])
     with pytest.raises(TypeError, match="got RMSprop"):
         trainer.fit(RMSpropStudent(), TinyDataModule())
+
+
+def test_the_same_callback_teaches_a_new_student_with_fresh_features() -> None:
+    teacher = LossTeacherCallback(num_classes=3, unroll_steps=2, update_every_n_steps=2)
+    first = TinyTaughtClassifier()
+    quiet_trainer(max_epochs=1, callbacks=[teacher], num_sanity_val_steps=0).fit(
+        first, TinyDataModule()
+    )
+    learned = [p.detach().clone() for p in teacher.teacher.parameters()]
+    second = TinyTaughtClassifier()
+    with torch.no_grad():
+        second.net[0].weight.mul_(3.0)  # a student in another state than the first one ended in
+    x, y = TinyDataModule().dataset.tensors
+    fresh_dev = classification_summary(second(x), y)
+    seen = {}
+
+    class Look(Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["dev"] = teacher._summaries["dev"].clone()
+            seen["teacher"] = [p.detach().clone() for p in teacher.teacher.parameters()]
+
+    quiet_trainer(max_epochs=1, callbacks=[teacher, Look()], num_sanity_val_steps=0).fit(
+        second, TinyDataModule()
+    )
+    torch.testing.assert_close(seen["dev"], fresh_dev)
+    for carried, expected in zip(seen["teacher"], learned, strict=True):
+        assert torch.equal(carried, expected)

@@ -79,7 +79,8 @@ class LossTeacherCallback(Callback):
 
     The teacher lives on the callback, not on the student, and its weights, Adam state, features
     and the pending replay window are saved in the callback's checkpoint state, so a resumed run
-    continues as the uninterrupted one would.
+    continues as the uninterrupted one would. The same callback given to another ``fit`` (a new
+    student) keeps its teacher and starts the student's features afresh.
 
     Args:
         pretrained: A shipped teacher's name (e.g. ``"teacher-mnist"``) or a saved path; ``None``
@@ -168,6 +169,7 @@ class LossTeacherCallback(Callback):
         self._window: dict[str, Any] | None = None  # the student updates the next update replays
         self._last_step = 0  # the trainer's global step at the last on_train_batch_end
         self._coefficients: tuple[int, tuple[Tensor, Tensor]] | None = None
+        self._restored = False  # load_state_dict ran: the fit resumes this run
 
     # -- the student's loss -------------------------------------------------------------------
 
@@ -215,8 +217,11 @@ class LossTeacherCallback(Callback):
         if self._pending_optimizer_state is not None:
             self.optimizer.load_state_dict(self._pending_optimizer_state)
             self._pending_optimizer_state = None
-        if self._summaries is None:
+        if not self._restored:  # a new student: the teacher and its Adam state carry over
+            self.train_features = ExponentialMovingAverage(self.train_features.decay)
+            self._window = None
             self._refresh(trainer, pl_module)
+        self._restored = False
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
@@ -259,6 +264,7 @@ class LossTeacherCallback(Callback):
         self.train_features.load_state_dict(state_dict["train_features"])
         self._summaries = state_dict["summaries"]
         self._window = state_dict["window"]
+        self._restored = True
         self._coefficients = None
 
     # -- internals ----------------------------------------------------------------------------
