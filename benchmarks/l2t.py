@@ -2,18 +2,19 @@
 
 Quality: MNIST with 10,000 training, 5,000 dev (validation) and the 10,000 test images; the
 students are the MLP 784-100-10 and the small CNN of `teaching.students.student_network`,
-trained with SGD (momentum 0.9, the learning rate of cross-entropy picked on a grid with a
-separate seed) for EPOCHS epochs of batches of 128. Each student is trained three ways with
-identical budgets: cross-entropy, the online teacher (`LossTeacherCallback` with its defaults,
-a fresh teacher per run) and the shipped `teacher-mnist`, frozen. Test error over SEEDS seeds
-(mean and standard deviation), and the wall time per student step against cross-entropy's.
+trained with SGD (momentum 0.9) for EPOCHS epochs of batches of 128. Each student is trained
+three ways with identical budgets: cross-entropy, the online teacher (`LossTeacherCallback`
+with its defaults, a fresh teacher per run) and the shipped `teacher-mnist`, frozen. Each way
+has its learning rate picked by dev error on a separate seed (`tuned_rates`). Test error over
+SEEDS seeds (mean and standard deviation), and the median wall time per student step against
+cross-entropy's.
 
 Hypergradient cost: one teacher update on each student (K SGD-momentum steps of the taught
 loss on batches of 128, dev cross-entropy on 512 images, reverse mode to the teacher's
 parameters) by `core.unroll.hypergradient`, by the same with checkpointing every 5 steps, and
-by torchopt's `MetaSGD` (the peer), for K = 5, 20, 50: the median time of 3 updates and the
-peak memory, each measured in a fresh process as the growth of its peak resident set. The
-three hypergradients are checked to agree.
+by torchopt's `MetaSGD` (the peer), for K = 5, 20, 50: the median time of 7 updates (the three
+interleaved, one thread) and the peak memory, measured in a fresh process as the growth of its
+peak resident set. The three hypergradients are checked to agree.
 
     python benchmarks/l2t.py            # the full run (see the docs for its time)
     python benchmarks/l2t.py --quick    # smoke run, small budget
@@ -97,6 +98,8 @@ def test_error(model: nn.Module, loader) -> float:
 def train_student(
     data: MNISTDataModule, student: str, method: str, lr: float, seed: int, epochs: int
 ) -> dict[str, Any]:
+    """One student trained by ``method``: its test error after each epoch, its final dev error
+    and its wall time per step."""
     seed_everything(seed)
     loss = "cross_entropy" if method == "cross_entropy" else "taught"
     model = TaughtClassifier(student, loss, lr=lr)
@@ -120,8 +123,27 @@ def train_student(
     trainer.fit(model, data)
     return {
         "test_error": curve.errors[-1],
+        "dev_error": test_error(model, data.val_dataloader()),
         "curve": curve.errors,
         "seconds_per_step": curve.seconds / trainer.global_step,
+    }
+
+
+def tuned_rates(data: MNISTDataModule, student: str, quick: bool, epochs: int) -> dict[str, Any]:
+    """Each method's learning rate, picked by dev error on the tuning seed: cross-entropy's on
+    `LEARNING_RATES`, the taught students' between that one and twice it (at initialisation the
+    taught loss has about half of cross-entropy's gradient)."""
+    rates = LEARNING_RATES[1:2] if quick else LEARNING_RATES
+    grids = {"cross_entropy": {lr: 0.0 for lr in rates}}
+    for method in METHODS:
+        if method != "cross_entropy":
+            best = min(grids["cross_entropy"], key=grids["cross_entropy"].__getitem__)
+            grids[method] = {best: 0.0} if quick else {best: 0.0, 2 * best: 0.0}
+        for lr in grids[method]:
+            run = train_student(data, student, method, lr, TUNING_SEED, epochs)
+            grids[method][lr] = run["dev_error"]
+    return {method: min(grid, key=grid.__getitem__) for method, grid in grids.items()} | {
+        "dev_errors": grids
     }
 
 
@@ -134,42 +156,27 @@ def quality(data_dir: Path, quick: bool) -> dict[str, Any]:
         tuning_data = MNISTDataModule(
             str(data_dir / "mnist"), train_size=train_size, seed=TUNING_SEED
         )
-        rates = LEARNING_RATES[1:2] if quick else LEARNING_RATES
-        tuning = {lr: train_dev_error(tuning_data, student, lr, epochs) for lr in rates}
-        lr = min(tuning, key=tuning.__getitem__)
+        tuning_data.setup()
+        rates = tuned_rates(tuning_data, student, quick, epochs)
         runs: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
         for seed in seeds:
             data = MNISTDataModule(str(data_dir / "mnist"), train_size=train_size, seed=seed)
             data.setup()
             for method in METHODS:
-                runs[method].append(train_student(data, student, method, lr, seed, epochs))
-        results[student] = {"lr": lr, "lr_dev_error": tuning, "runs": runs}
+                runs[method].append(
+                    train_student(data, student, method, rates[method], seed, epochs)
+                )
+        results[student] = {"tuning": rates, "runs": runs}
         for method in METHODS:
             errors = [run["test_error"] for run in runs[method]]
             step_times = [run["seconds_per_step"] for run in runs[method]]
             results[student][method] = {
+                "lr": rates[method],
                 "mean": statistics.fmean(errors),
                 "std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
-                "seconds_per_step": statistics.fmean(step_times),
+                "seconds_per_step": statistics.median(step_times),
             }
     return results
-
-
-def train_dev_error(data: MNISTDataModule, student: str, lr: float, epochs: int) -> float:
-    """Cross-entropy's dev error at ``lr`` (the learning-rate grid search, tuning seed)."""
-    seed_everything(TUNING_SEED)
-    model = TaughtClassifier(student, "cross_entropy", lr=lr)
-    Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    ).fit(model, data)
-    return test_error(model, data.val_dataloader())
 
 
 # -- hypergradient cost --------------------------------------------------------------------
@@ -183,14 +190,9 @@ def resident_kib() -> int:
     return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def teacher_update(
-    student_name: str, peer: str, unroll: int, data_dir: str, measure: str
-) -> dict[str, Any]:
-    """One teacher update of the ``student_name`` student by ``peer``.
-
-    ``measure``: ``"time"`` (3 runs after a warm-up) or ``"memory"`` (one run from a reset
-    peak: the growth of the peak resident set). Runs in a fresh process.
-    """
+def teacher_updates(student_name: str, unroll: int, data_dir: str) -> dict[str, Any]:
+    """One teacher update of the ``student_name`` student, as each peer computes it: peer ->
+    function returning the teacher's gradients."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     student = student_network(student_name)
@@ -229,24 +231,37 @@ def teacher_update(
         dev = nn.functional.cross_entropy(copy(dev_x), dev_y)
         return list(torch.autograd.grad(dev, list(teacher.parameters())))
 
-    run = {
+    return {
         "ours": lambda: ours(None),
         "ours_checkpointed": lambda: ours(5),
         "torchopt": torchopt_meta_sgd,
-    }[peer]
-    if measure == "memory":
-        gc.collect()
-        before = resident_kib()
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set
-        grads = run()
-        return {"peak_mib": (peak_kib() - before) / 1024, "grads": [g.tolist() for g in grads]}
-    run()
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
+    }
+
+
+def peak_memory(student_name: str, peer: str, unroll: int, data_dir: str) -> dict[str, Any]:
+    """One update by ``peer`` from a reset peak: the growth of the peak resident set (MiB), and
+    the gradients. Run it in a fresh process."""
+    run = teacher_updates(student_name, unroll, data_dir)[peer]
+    gc.collect()
+    before = resident_kib()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set
+    grads = run()
+    return {"peak_mib": (peak_kib() - before) / 1024, "grads": [g.tolist() for g in grads]}
+
+
+def update_times(student_name: str, unroll: int, data_dir: str, rounds: int) -> dict[str, float]:
+    """Median seconds per update of every peer over ``rounds`` rounds, the peers interleaved
+    within each round (after a warm-up), so that the machine's load hits them alike."""
+    runs = teacher_updates(student_name, unroll, data_dir)
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - started)
-    return {"seconds": statistics.median(times)}
+    times: dict[str, list[float]] = {peer: [] for peer in runs}
+    for _ in range(rounds):
+        for peer, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[peer].append(time.perf_counter() - started)
+    return {peer: statistics.median(values) for peer, values in times.items()}
 
 
 def cost(data_dir: Path, quick: bool) -> dict[str, Any]:
@@ -261,13 +276,13 @@ def cost(data_dir: Path, quick: bool) -> dict[str, Any]:
         for unroll in unrolls:
             row: dict[str, Any] = {}
             grads = {}
+            mnist = str(data_dir / "mnist")
+            with context.Pool(1) as pool:
+                times = pool.apply(update_times, (student, unroll, mnist, 3 if quick else 7))
             for peer in PEERS:
-                arguments = (student, peer, unroll, str(data_dir / "mnist"))
                 with context.Pool(1) as pool:
-                    memory = pool.apply(teacher_update, (*arguments, "memory"))
-                with context.Pool(1) as pool:
-                    timing = pool.apply(teacher_update, (*arguments, "time"))
-                row[peer] = {"seconds": timing["seconds"], "peak_mib": memory["peak_mib"]}
+                    memory = pool.apply(peak_memory, (student, peer, unroll, mnist))
+                row[peer] = {"seconds": times[peer], "peak_mib": memory["peak_mib"]}
                 grads[peer] = torch.cat([torch.tensor(g).flatten() for g in memory["grads"]])
             reference = grads["torchopt"]
             for peer in PEERS:
@@ -319,18 +334,11 @@ def main() -> None:
             )
     rows = []
     for student in STUDENTS:
-        r = results["quality"][student]
         for method in METHODS:
-            m = r[method]
-            rows.append(
-                [
-                    student,
-                    method,
-                    f"{100 * m['mean']:.2f} +- {100 * m['std']:.2f}",
-                    1000 * m["seconds_per_step"],
-                ]
-            )
-    table = format_table(["student", "training", "test error %", "ms / step"], rows)
+            m = results["quality"][student][method]
+            error = f"{100 * m['mean']:.2f} +- {100 * m['std']:.2f}"
+            rows.append([student, method, m["lr"], error, 1000 * m["seconds_per_step"]])
+    table = format_table(["student", "training", "lr", "test error %", "ms / step"], rows)
     cost_rows = [
         [student, unroll, peer, cell["seconds"], cell["peak_mib"], cell["relative_difference"]]
         for student in STUDENTS
@@ -342,6 +350,7 @@ def main() -> None:
     results["settings"] = {
         "epochs": EPOCHS,
         "seeds": SEEDS,
+        "tuning_seed": TUNING_SEED,
         "learning_rates": LEARNING_RATES,
         "unrolls": UNROLLS,
     }
