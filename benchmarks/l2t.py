@@ -42,8 +42,8 @@ from typing import Any
 import matplotlib
 import torch
 import torchopt
-from harness import Report, format_table, parse_args, target
-from lightning.pytorch import Callback, Trainer, seed_everything
+from harness import Report, fit, format_table, parse_args, target
+from lightning.pytorch import Callback, seed_everything
 from torch import Tensor, nn
 
 from lightning_automl.core.unroll import SGD, hypergradient
@@ -109,23 +109,12 @@ def train_student(
         callbacks.append(LossTeacherCallback(num_classes=10))
     elif method == "frozen":
         callbacks.append(LossTeacherCallback(pretrained=TEACHER, frozen=True))
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, data)
+    fit(model, data, epochs, callbacks)
     return {
         "test_error": curve.errors[-1],
         "dev_error": test_error(model, data.val_dataloader()),
         "curve": curve.errors,
-        "seconds_per_step": curve.seconds / trainer.global_step,
+        "seconds_per_step": curve.seconds / model.trainer.global_step,
     }
 
 
