@@ -50,7 +50,7 @@ from lightning_automl.core.unroll import SGD, hypergradient
 from lightning_automl.data import MNISTDataModule
 from lightning_automl.models import TaughtClassifier
 from lightning_automl.teaching import TEACHER_FEATURES, LossTeacher, LossTeacherCallback
-from lightning_automl.teaching.replay import dev_objective_fn, taught_loss_fn
+from lightning_automl.teaching.replay import dev_objective_fn, evaluation_mode, taught_loss_fn
 from lightning_automl.teaching.students import student_network
 
 matplotlib.use("Agg")
@@ -88,10 +88,8 @@ class ErrorCurve(Callback):
 
 @torch.no_grad()
 def test_error(model: nn.Module, loader) -> float:
-    training = model.training
-    model.eval()
-    wrong = sum(int((model(x).argmax(-1) != y).sum()) for x, y in loader)
-    model.train(training)
+    with evaluation_mode(model):
+        wrong = sum(int((model(x).argmax(-1) != y).sum()) for x, y in loader)
     return wrong / len(loader.dataset)
 
 

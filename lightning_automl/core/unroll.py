@@ -13,8 +13,8 @@ and recompute each segment during the backward pass (checkpointing): memory ~ ``
 steps for segments of ``c``, at the price of one more forward pass, with the same result.
 
 `SGD` and `Adam` reproduce ``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay) and
-``torch.optim.Adam`` / ``AdamW``; `mirror_optimizer` reads both the hyperparameters and the state
-of a running torch optimizer.
+``torch.optim.Adam`` / ``AdamW``; `inner_optimizer` reads the update rule of a torch optimizer and
+`mirror_optimizer` its state as well.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "InnerOptimizer",
     "InnerState",
     "hypergradient",
+    "inner_optimizer",
     "mirror_optimizer",
     "unroll",
 ]
@@ -200,20 +201,17 @@ def _sqrt_zero_safe(value: Tensor) -> Tensor:
     return torch.where(positive, value, torch.ones_like(value)).sqrt() * positive
 
 
-def mirror_optimizer(
-    optimizer: torch.optim.Optimizer, names: Mapping[Tensor, str]
-) -> tuple[InnerOptimizer, InnerState]:
-    """The `InnerOptimizer` that reproduces a running torch optimizer, with a copy of its state.
+def inner_optimizer(optimizer: torch.optim.Optimizer) -> InnerOptimizer:
+    """The `InnerOptimizer` with the update rule and hyperparameters of a torch optimizer.
 
     Args:
         optimizer: A ``torch.optim.SGD``, ``Adam`` or ``AdamW`` whose parameter groups all share
             their hyperparameters.
-        names: Parameter tensor -> name, for every parameter the optimizer updates.
 
     Raises:
         TypeError: Another optimizer class.
-        ValueError: Parameter groups with different hyperparameters, ``maximize``, ``amsgrad``,
-            or a parameter missing from ``names``.
+        ValueError: Parameter groups with different hyperparameters, ``maximize`` or
+            ``amsgrad``.
     """
     groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     if any(group != groups[0] for group in groups):
@@ -224,34 +222,46 @@ def mirror_optimizer(
     group = groups[0]
     if group.get("maximize") or group.get("amsgrad"):
         raise ValueError("the unrolled optimizer supports neither maximize=True nor amsgrad=True")
-    inner: InnerOptimizer
     if isinstance(optimizer, torch.optim.SGD):
-        inner = SGD(
+        return SGD(
             group["lr"],
             group["momentum"],
             group["dampening"],
             group["weight_decay"],
             group["nesterov"],
         )
-    elif isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
         decoupled = isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay")
-        inner = Adam(
+        return Adam(
             group["lr"], group["betas"], group["eps"], group["weight_decay"], bool(decoupled)
         )
-    else:
-        raise TypeError(
-            "the unrolled student update supports torch.optim.SGD (with or without momentum), "
-            f"Adam and AdamW, got {type(optimizer).__name__}"
-        )
+    raise TypeError(
+        "the unrolled student update supports torch.optim.SGD (with or without momentum), "
+        f"Adam and AdamW, got {type(optimizer).__name__}"
+    )
+
+
+def mirror_optimizer(
+    optimizer: torch.optim.Optimizer, names: Mapping[Tensor, str]
+) -> tuple[InnerOptimizer, InnerState]:
+    """`inner_optimizer` of a running torch optimizer, with a copy of its state.
+
+    Args:
+        optimizer: As for `inner_optimizer`.
+        names: Parameter tensor -> name, for every parameter the optimizer updates.
+
+    Raises:
+        TypeError, ValueError: As `inner_optimizer`; also ``ValueError`` for a parameter
+            missing from ``names``.
+    """
+    inner = inner_optimizer(optimizer)
     params = [param for group in optimizer.param_groups for param in group["params"]]
     missing = [tuple(param.shape) for param in params if param not in names]
     if missing:
         raise ValueError(f"parameters of shapes {missing} are in the optimizer but not named")
-    named = {names[param]: param.detach() for param in params}
-    state = inner.init_state(named)
+    state = inner.init_state({names[param]: param.detach() for param in params})
     steps = [optimizer.state[param].get("step") for param in params]
-    taken = [int(step) for step in steps if step is not None]
-    step = max(taken, default=0)
+    step = max((int(step) for step in steps if step is not None), default=0)
     if isinstance(inner, SGD) and inner.momentum:
         step = int(any("momentum_buffer" in optimizer.state[param] for param in params))
     for kind in inner.buffer_kinds:

@@ -10,22 +10,25 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from lightning_automl.core.features import ExponentialMovingAverage, classification_summary
-from lightning_automl.core.pretrained import build_component
-from lightning_automl.core.unroll import InnerState, hypergradient, mirror_optimizer
+from lightning_automl.core.unroll import (
+    InnerState,
+    hypergradient,
+    inner_optimizer,
+    mirror_optimizer,
+)
 from lightning_automl.core.validation import check_bool, check_number, check_positive_int
 from lightning_automl.teaching.mixin import LossTeacherMixin
 from lightning_automl.teaching.parametric_loss import Reduction
 from lightning_automl.teaching.replay import (
     DevObjective,
+    check_dev_objective,
     dev_objective_fn,
-    evaluation_mode,
+    dev_summary,
     taught_loss_fn,
 )
 from lightning_automl.teaching.teacher import LossTeacher, teacher_features
 
 __all__ = ["LossTeacherCallback", "first_validation_batches"]
-
-TEACHER_DEFAULTS = {"hidden_size": 32, "ce_weight": 0.5}
 
 
 def first_validation_batches(trainer: Trainer, count: int, user: str) -> list[Any]:
@@ -133,25 +136,11 @@ class LossTeacherCallback(Callback):
             )
         check_number("teacher_lr", teacher_lr, "a number > 0", lambda value: value > 0)
         check_positive_int("dev_batches", dev_batches)
-        if dev_objective not in ("cross_entropy", "smooth_error"):
-            raise ValueError(
-                f"dev_objective must be 'cross_entropy' or 'smooth_error', got {dev_objective!r}"
-            )
-        check_number(
-            "smooth_error_sharpness", smooth_error_sharpness, "a number > 0", lambda v: v > 0
-        )
+        check_dev_objective(dev_objective, smooth_error_sharpness)
         if checkpoint_every is not None:
             check_positive_int("checkpoint_every", checkpoint_every)
         check_bool("frozen", frozen)
-        if pretrained is None and num_classes is None:
-            raise ValueError("num_classes is required for a fresh teacher (pretrained=None)")
-        self.teacher = build_component(
-            LossTeacher,
-            pretrained,
-            {"num_classes": num_classes, "hidden_size": hidden_size, "ce_weight": ce_weight},
-            TEACHER_DEFAULTS,
-            seed,
-        )
+        self.teacher = LossTeacher.build(pretrained, num_classes, hidden_size, ce_weight, seed)
         self.unroll_steps = unroll_steps
         self.update_every_n_steps = update_every_n_steps
         self.teacher_lr = float(teacher_lr)
@@ -212,7 +201,7 @@ class LossTeacherCallback(Callback):
             if len(trainer.optimizers) != 1:
                 count = len(trainer.optimizers)
                 raise ValueError(f"LossTeacherCallback replays one student optimizer, got {count}")
-            mirror_optimizer(trainer.optimizers[0], self._parameter_names(pl_module))
+            inner_optimizer(trainer.optimizers[0])  # refuses an update rule it cannot replay
         self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=self.teacher_lr)
         if self._pending_optimizer_state is not None:
             self.optimizer.load_state_dict(self._pending_optimizer_state)
@@ -302,10 +291,7 @@ class LossTeacherCallback(Callback):
     @torch.no_grad()
     def _refresh(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """New features: the training average so far and the dev set now, mean over ranks."""
-        pairs = self._dev_pairs(pl_module)
-        with evaluation_mode(pl_module):
-            logits = torch.cat([pl_module(inputs) for inputs, _ in pairs])
-        dev = classification_summary(logits, torch.cat([target for _, target in pairs]))
+        dev = dev_summary(pl_module, self._dev_pairs(pl_module))
         train = self.train_features.value
         summaries = {"train": dev if train is None else train.to(dev.device), "dev": dev}
         self._summaries = {
@@ -329,7 +315,7 @@ class LossTeacherCallback(Callback):
     def _update_teacher(self, trainer: Trainer, pl_module: LightningModule) -> None:
         window = self._window
         assert window is not None and self.optimizer is not None
-        inner, _ = mirror_optimizer(trainer.optimizers[0], self._parameter_names(pl_module))
+        inner = inner_optimizer(trainer.optimizers[0])
         state = InnerState(window["optimizer_step"], window["optimizer_buffers"])
         buffers = {name: value.clone() for name, value in window["buffers"].items()}
         start = window["start"]

@@ -15,12 +15,28 @@ from torch.func import functional_call
 
 from lightning_automl.core.features import classification_summary
 from lightning_automl.core.unroll import LossFn, Params
+from lightning_automl.core.validation import check_number
 from lightning_automl.teaching.teacher import LossTeacher
 
-__all__ = ["DevObjective", "dev_objective", "dev_objective_fn", "evaluation_mode", "taught_loss_fn"]
+__all__ = [
+    "DevObjective",
+    "check_dev_objective",
+    "dev_objective",
+    "dev_objective_fn",
+    "dev_summary",
+    "evaluation_mode",
+    "taught_loss_fn",
+]
 
 DevObjective = Literal["cross_entropy", "smooth_error"]
 Pair = tuple[Any, Tensor]  # (inputs, class targets)
+
+
+def check_dev_objective(kind: object, sharpness: object) -> None:
+    """Raise ``ValueError`` unless ``kind`` is a `DevObjective` and ``sharpness`` > 0."""
+    if kind not in ("cross_entropy", "smooth_error"):
+        raise ValueError(f"dev_objective must be 'cross_entropy' or 'smooth_error', got {kind!r}")
+    check_number("smooth_error_sharpness", sharpness, "a number > 0", lambda value: value > 0)
 
 
 def dev_objective(logits: Tensor, target: Tensor, kind: DevObjective, sharpness: float) -> Tensor:
@@ -70,6 +86,24 @@ def taught_loss_fn(
     return loss_fn
 
 
+def _dev_logits(student: nn.Module, dev: Sequence[Pair], state: Any = None) -> Tensor:
+    """The student's logits (eval mode) on all the ``dev`` batches; ``state``, if given, is
+    the ``(params, buffers)`` to call it with (`torch.func.functional_call`)."""
+    with evaluation_mode(student):
+        if state is None:
+            return torch.cat([student(inputs) for inputs, _ in dev])
+        return torch.cat([functional_call(student, state, (inputs,)) for inputs, _ in dev])
+
+
+@torch.no_grad()
+def dev_summary(student: nn.Module, dev: Sequence[Pair], state: Any = None) -> Tensor:
+    """`classification_summary` of the student (eval mode) on all the ``dev`` batches, with its
+    own weights or the ``(params, buffers)`` ``state``."""
+    return classification_summary(
+        _dev_logits(student, dev, state), torch.cat([target for _, target in dev])
+    )
+
+
 def dev_objective_fn(
     student: nn.Module,
     buffers: dict[str, Tensor],
@@ -82,8 +116,7 @@ def dev_objective_fn(
     target = torch.cat([target for _, target in dev])
 
     def objective(params: Params) -> Tensor:
-        with evaluation_mode(student):
-            logits = [functional_call(student, (params, buffers), (inputs,)) for inputs, _ in dev]
-        return dev_objective(torch.cat(logits), target, kind, sharpness)
+        logits = _dev_logits(student, dev, (params, buffers))
+        return dev_objective(logits, target, kind, sharpness)
 
     return objective

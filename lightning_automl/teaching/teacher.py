@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from lightning_automl.core.features import CLASSIFICATION_SUMMARY
-from lightning_automl.core.pretrained import PretrainedMixin
+from lightning_automl.core.pretrained import PretrainedMixin, build_component
 from lightning_automl.core.validation import check_positive_int
 from lightning_automl.teaching.parametric_loss import ParametricLoss, Reduction
 
@@ -44,6 +44,8 @@ class LossTeacher(PretrainedMixin, nn.Module):
     """
 
     pretrained_method = "l2t"
+    defaults: ClassVar[dict[str, Any]] = {"hidden_size": 32, "ce_weight": 0.5}
+    """A fresh teacher's config where `build` is not given one."""
 
     def __init__(self, num_classes: int, hidden_size: int = 32, ce_weight: float = 0.5) -> None:
         loss = ParametricLoss(num_classes, ce_weight)
@@ -58,6 +60,29 @@ class LossTeacher(PretrainedMixin, nn.Module):
         self.head = nn.Linear(hidden_size, num_classes * (num_classes + 1))
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def build(
+        cls,
+        pretrained: str | None,
+        num_classes: int | None,
+        hidden_size: int | None,
+        ce_weight: float | None,
+        seed: int,
+    ) -> LossTeacher:
+        """The shipped or saved teacher ``pretrained`` names, or a fresh one seeded by ``seed``.
+
+        A config argument left ``None`` takes the card's value, or `defaults`; one given with
+        ``pretrained`` must equal the card's (`core.pretrained.build_component`).
+
+        Raises:
+            ValueError: A fresh teacher without ``num_classes``, or a config out of range.
+            PretrainedError: ``pretrained`` is unknown, or its card disagrees with a value.
+        """
+        if pretrained is None and num_classes is None:
+            raise ValueError("num_classes is required for a fresh teacher (pretrained=None)")
+        config = {"num_classes": num_classes, "hidden_size": hidden_size, "ce_weight": ce_weight}
+        return build_component(cls, pretrained, config, cls.defaults, seed)
 
     def pretrained_config(self) -> dict[str, Any]:
         return {

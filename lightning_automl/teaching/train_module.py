@@ -10,15 +10,16 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from lightning_automl.core.features import ExponentialMovingAverage, classification_summary
-from lightning_automl.core.pretrained import PretrainedCard, build_component
+from lightning_automl.core.features import ExponentialMovingAverage
+from lightning_automl.core.pretrained import PretrainedCard
 from lightning_automl.core.unroll import SGD, InnerState, hypergradient
 from lightning_automl.core.validation import check_number, check_positive_int
-from lightning_automl.teaching.callback import TEACHER_DEFAULTS, first_validation_batches
+from lightning_automl.teaching.callback import first_validation_batches
 from lightning_automl.teaching.replay import (
     DevObjective,
+    check_dev_objective,
     dev_objective_fn,
-    evaluation_mode,
+    dev_summary,
     taught_loss_fn,
 )
 from lightning_automl.teaching.students import Architecture, student_network
@@ -91,15 +92,11 @@ class LossTeacherTrainModule(LightningModule):
         check_positive_int("unroll_steps", unroll_steps)
         check_number("teacher_lr", teacher_lr, "a number > 0", lambda value: value > 0)
         check_positive_int("dev_batches", dev_batches)
-        if dev_objective not in ("cross_entropy", "smooth_error"):
-            raise ValueError(
-                f"dev_objective must be 'cross_entropy' or 'smooth_error', got {dev_objective!r}"
-            )
+        check_dev_objective(dev_objective, smooth_error_sharpness)
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        config = {"num_classes": num_classes, "hidden_size": hidden_size, "ce_weight": ce_weight}
-        self.teacher = build_component(LossTeacher, pretrained, config, TEACHER_DEFAULTS, seed)
+        self.teacher = LossTeacher.build(pretrained, num_classes, hidden_size, ce_weight, seed)
         # The student's structure only: its tensors live in the episode state, not as parameters.
         with torch.device("meta"):
             self.__dict__["student"] = student_network(architecture, num_classes)
@@ -179,14 +176,8 @@ class LossTeacherTrainModule(LightningModule):
             "dev_summary": self._dev_summary(params, buffers),
         }
 
-    @torch.no_grad()
     def _dev_summary(self, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> Tensor:
-        student = self.__dict__["student"]
-        with evaluation_mode(student):
-            logits = torch.cat(
-                [torch.func.functional_call(student, (params, buffers), (x,)) for x, _ in self.dev]
-            )
-        return classification_summary(logits, torch.cat([y for _, y in self.dev]))
+        return dev_summary(self.__dict__["student"], self.dev, (params, buffers))
 
     def _update_teacher(self, steps: list[list[tuple[Tensor, Tensor]]]) -> None:
         episode = self.episode
