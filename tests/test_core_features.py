@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from lightning_automl.core.features import ExponentialMovingAverage, classification_summary
+from lightning_automl.core.features import (
+    ExponentialMovingAverage,
+    classification_summaries,
+    classification_summary,
+)
 
 
 def test_classification_summary_of_known_predictions() -> None:
@@ -26,6 +30,17 @@ def test_classification_summary_is_scale_free_in_the_number_of_classes() -> None
     for classes in (2, 10, 100):
         uniform = classification_summary(torch.zeros(4, classes), torch.zeros(4, dtype=torch.long))
         torch.testing.assert_close(uniform[[0, 3]], torch.ones(2))  # loss and entropy of uniform
+
+
+def test_summaries_of_several_batches_at_once_equal_one_by_one() -> None:
+    torch.manual_seed(0)
+    sizes = (5, 3, 8)  # batches of different sizes, as at the end of an epoch
+    logits = [torch.randn(size, 4) for size in sizes]
+    targets = [torch.randint(0, 4, (size,)) for size in sizes]
+    pairs = zip(logits, targets, strict=True)
+    expected = torch.stack([classification_summary(x, y) for x, y in pairs])
+    torch.testing.assert_close(classification_summaries(logits, targets), expected)
+    assert not torch.equal(expected[0], expected[1])
 
 
 def test_moving_average_is_bias_corrected() -> None:

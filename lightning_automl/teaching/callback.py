@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from lightning_automl.core.features import ExponentialMovingAverage, classification_summary
+from lightning_automl.core.features import ExponentialMovingAverage, classification_summaries
 from lightning_automl.core.unroll import (
     InnerState,
     hypergradient,
@@ -150,6 +150,7 @@ class LossTeacherCallback(Callback):
         self.checkpoint_every = checkpoint_every
         self.frozen = frozen
         self.train_features = ExponentialMovingAverage(feature_decay)
+        self._train_outputs: list[tuple[Tensor, Tensor]] = []  # (logits, target) since a refresh
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer_state: dict[str, Any] | None = None
         self._dev: list[Any] = []
@@ -177,8 +178,8 @@ class LossTeacherCallback(Callback):
         if self._coefficients is None or self._coefficients[0] != step:
             with torch.no_grad():
                 self._coefficients = (step, self.teacher(self.features(step)))
-        if student.training and torch.is_grad_enabled():
-            self.train_features.update(classification_summary(logits, target))
+        if student.training and torch.is_grad_enabled():  # summarised at the next refresh
+            self._train_outputs.append((logits.detach(), target))
         return self.teacher.loss(logits, target, *self._coefficients[1], reduction)
 
     # -- Lightning hooks ----------------------------------------------------------------------
@@ -208,6 +209,7 @@ class LossTeacherCallback(Callback):
             self._pending_optimizer_state = None
         if not self._restored:  # a new student: the teacher and its Adam state carry over
             self.train_features = ExponentialMovingAverage(self.train_features.decay)
+            self._train_outputs = []
             self._window = None
             self._refresh(trainer, pl_module)
         self._restored = False
@@ -243,6 +245,7 @@ class LossTeacherCallback(Callback):
             "teacher": self.teacher.state_dict(),
             "optimizer": optimizer,
             "train_features": self.train_features.state_dict(),
+            "train_outputs": self._train_outputs,
             "summaries": self._summaries,
             "window": self._window,
         }
@@ -251,6 +254,7 @@ class LossTeacherCallback(Callback):
         self.teacher.load_state_dict(state_dict["teacher"])
         self._pending_optimizer_state = state_dict["optimizer"]
         self.train_features.load_state_dict(state_dict["train_features"])
+        self._train_outputs = state_dict["train_outputs"]
         self._summaries = state_dict["summaries"]
         self._window = state_dict["window"]
         self._restored = True
@@ -292,6 +296,10 @@ class LossTeacherCallback(Callback):
     def _refresh(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """New features: the training average so far and the dev set now, mean over ranks."""
         dev = dev_summary(pl_module, self._dev_pairs(pl_module))
+        if self._train_outputs:  # every training batch since the last refresh, in order
+            for summary in classification_summaries(*zip(*self._train_outputs, strict=True)):
+                self.train_features.update(summary)
+            self._train_outputs = []
         train = self.train_features.value
         summaries = {"train": dev if train is None else train.to(dev.device), "dev": dev}
         self._summaries = {

@@ -13,6 +13,7 @@ from lightning_automl.core.validation import check_number, check_positive_int
 __all__ = ["ParametricLoss", "Reduction"]
 
 Reduction = Literal["mean", "sum", "none"]
+REDUCTIONS = ("mean", "sum", "none")
 
 
 class ParametricLoss(nn.Module):
@@ -61,23 +62,21 @@ class ParametricLoss(nn.Module):
             ValueError: ``logits`` is not ``(B, C)``, ``target`` not ``(B,)`` integers, or a
                 target is outside ``[0, C)``.
         """
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         self._check(logits, target)
         if weight is None or bias is None:
             weight, bias = self.identity_coefficients(logits.dtype, logits.device)
         log_probs = F.log_softmax(logits, dim=-1)
         # (log p)^T W e_y for each sample: column y of W against log p.
         score = (log_probs * weight.to(log_probs.dtype).T[target]).sum(-1)
-        losses = -torch.sigmoid(score + bias.to(log_probs.dtype)[target])
-        if self.ce_weight:
-            ce = F.nll_loss(log_probs, target, reduction="none")
-            losses = self.ce_weight * ce + (1 - self.ce_weight) * losses
-        if reduction == "none":
-            return losses
-        if reduction == "sum":
-            return losses.sum()
-        if reduction == "mean":
-            return losses.mean()
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        surrogate = -torch.sigmoid(score + bias.to(log_probs.dtype)[target])
+        loss = surrogate if reduction == "none" else getattr(surrogate, reduction)()
+        if not self.ce_weight:
+            return loss
+        # The mix is linear: reducing each term first gives the same value with fewer operations.
+        ce = F.nll_loss(log_probs, target, reduction=reduction)
+        return self.ce_weight * ce + (1 - self.ce_weight) * loss
 
     def _check(self, logits: Tensor, target: Tensor) -> None:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
