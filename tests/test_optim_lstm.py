@@ -9,6 +9,7 @@ from tiny import TinyClassifier, TinyDataModule, quiet_trainer
 from torch import nn
 
 import lightning_automl.core.pretrained as registry
+import lightning_automl.optim.lstm as lstm_module
 from lightning_automl.cli import build_cli
 from lightning_automl.core.pretrained import PretrainedError
 from lightning_automl.optim import CoordinateLSTM, LSTMOptimizer
@@ -107,21 +108,26 @@ def test_all_coordinates_of_a_small_model_go_through_the_network_in_one_call():
     assert frozen not in optimizer.state and torch.equal(frozen, torch.ones(5))
 
 
-def test_chunked_step_equals_one_call_of_the_network_on_all_coordinates():
+def test_chunked_steps_equal_one_call_of_the_network_on_all_coordinates(monkeypatch):
     torch.manual_seed(0)
-    params = [nn.Parameter(torch.randn(7000)), nn.Parameter(torch.randn(50, 40))]  # > 2 chunks
-    for param in params:
-        param.grad = torch.randn_like(param)
-    before = torch.cat([p.detach().flatten() for p in params])
+    monkeypatch.setattr(lstm_module, "CHUNK_ROWS", 4096)
+    # 9,000 coordinates: a chunk inside the first tensor, one across both, one in the second
+    params = [nn.Parameter(torch.randn(7000)), nn.Parameter(torch.randn(50, 40))]
     optimizer = LSTMOptimizer(params)
-    optimizer.step()
-    grad = torch.cat([p.grad.flatten() for p in params])
-    with torch.no_grad():
-        update, hidden, _ = optimizer.network(grad, *optimizer.network.initial_state(len(grad)))
-    after = torch.cat([p.detach().flatten() for p in params])
-    torch.testing.assert_close(after, before + update)
-    states = torch.cat([optimizer.state[p]["hidden"] for p in params], dim=1)
-    torch.testing.assert_close(states, hidden)
+    hidden, cell = optimizer.network.initial_state(9000)
+    for _ in range(2):  # the second step reads the states the first one wrote
+        for param in params:
+            param.grad = torch.randn_like(param)
+        before = torch.cat([p.detach().flatten() for p in params])
+        optimizer.step()
+        grad = torch.cat([p.grad.flatten() for p in params])
+        with torch.no_grad():
+            update, hidden, cell = optimizer.network(grad, hidden, cell)
+        after = torch.cat([p.detach().flatten() for p in params])
+        torch.testing.assert_close(after, before + update)
+        for key, expected in (("hidden", hidden), ("cell", cell)):
+            states = torch.cat([optimizer.state[p][key] for p in params], dim=1)
+            torch.testing.assert_close(states, expected)
 
 
 def test_closure_is_evaluated_and_its_loss_returned():
