@@ -12,7 +12,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_automl.core.features import classification_summary
+import lightning_automl.teaching.callback as callback_module
+from lightning_automl.core.features import ExponentialMovingAverage, classification_summary
 from lightning_automl.core.unroll import SGD, Adam, hypergradient
 from lightning_automl.teaching import (
     TEACHER_FEATURES,
@@ -311,6 +312,34 @@ def test_unsupported_student_optimizer_is_refused() -> None:
     trainer = quiet_trainer(max_epochs=1, callbacks=[LossTeacherCallback(num_classes=3)])
     with pytest.raises(TypeError, match="got RMSprop"):
         trainer.fit(RMSpropStudent(), TinyDataModule())
+
+
+def test_training_features_average_every_batch_in_order_with_bounded_memory(monkeypatch) -> None:
+    monkeypatch.setattr(callback_module, "PENDING_TRAIN_BATCHES", 3)
+    seen, pending = [], []
+
+    class Recording(TinyTaughtClassifier):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            logits = self(x)
+            seen.append(classification_summary(logits, y))
+            return self.taught_loss(logits, y)
+
+    teacher = LossTeacherCallback(num_classes=3, frozen=True, update_every_n_steps=50)
+
+    class Watch(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            pending.append(len(teacher._train_outputs))
+
+    seed_everything(0)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[teacher, Watch()], num_sanity_val_steps=0)
+    trainer.fit(Recording(), TinyDataModule())  # 16 steps, no refresh after the first
+    assert len(seen) == 16 and max(pending) == 2  # summarised 3 at a time
+    teacher._summarise_train_outputs()
+    expected = ExponentialMovingAverage(teacher.train_features.decay)
+    for summary in seen:
+        expected.update(summary)
+    torch.testing.assert_close(teacher.train_features.value, expected.value)
 
 
 def test_the_same_callback_teaches_a_new_student_with_fresh_features() -> None:

@@ -30,6 +30,11 @@ from lightning_automl.teaching.teacher import LossTeacher, teacher_features
 
 __all__ = ["LossTeacherCallback", "first_validation_batches"]
 
+PENDING_TRAIN_BATCHES = 64
+"""Training batches whose logits `LossTeacherCallback` keeps before it summarises them together
+for the features: one pass for many small batches, with bounded memory however rarely the
+features are refreshed."""
+
 
 def first_validation_batches(trainer: Trainer, count: int, user: str) -> list[Any]:
     """The first ``count`` batches of the fit's validation data, on the training device.
@@ -178,8 +183,10 @@ class LossTeacherCallback(Callback):
         if self._coefficients is None or self._coefficients[0] != step:
             with torch.no_grad():
                 self._coefficients = (step, self.teacher(self.features(step)))
-        if student.training and torch.is_grad_enabled():  # summarised at the next refresh
+        if student.training and torch.is_grad_enabled():  # summarised later, many at once
             self._train_outputs.append((logits.detach(), target))
+            if len(self._train_outputs) == PENDING_TRAIN_BATCHES:
+                self._summarise_train_outputs()
         return self.teacher.loss(logits, target, *self._coefficients[1], reduction)
 
     # -- Lightning hooks ----------------------------------------------------------------------
@@ -296,10 +303,7 @@ class LossTeacherCallback(Callback):
     def _refresh(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """New features: the training average so far and the dev set now, mean over ranks."""
         dev = dev_summary(pl_module, self._dev_pairs(pl_module))
-        if self._train_outputs:  # every training batch since the last refresh, in order
-            for summary in classification_summaries(*zip(*self._train_outputs, strict=True)):
-                self.train_features.update(summary)
-            self._train_outputs = []
+        self._summarise_train_outputs()
         train = self.train_features.value
         summaries = {"train": dev if train is None else train.to(dev.device), "dev": dev}
         self._summaries = {
@@ -307,6 +311,13 @@ class LossTeacherCallback(Callback):
             for key, value in summaries.items()
         }
         self._coefficients = None
+
+    def _summarise_train_outputs(self) -> None:
+        """Add the training batches kept since the last call to the features' average, in order."""
+        if self._train_outputs:
+            for summary in classification_summaries(*zip(*self._train_outputs, strict=True)):
+                self.train_features.update(summary)
+            self._train_outputs = []
 
     def _snapshot(self, trainer: Trainer, pl_module: LightningModule, step: int) -> dict[str, Any]:
         """What the replay starts from: parameters, buffers and optimizer state at ``step``."""
