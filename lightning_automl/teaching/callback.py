@@ -155,7 +155,7 @@ class LossTeacherCallback(Callback):
         self.checkpoint_every = checkpoint_every
         self.frozen = frozen
         self.train_features = ExponentialMovingAverage(feature_decay)
-        self._train_outputs: list[tuple[Tensor, Tensor]] = []  # (logits, target) since a refresh
+        self._train_outputs: list[tuple[Tensor, Tensor]] = []  # (logits, target) to summarise
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer_state: dict[str, Any] | None = None
         self._dev: list[Any] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from lightning_automl.core.validation import check_number, check_positive_int
 __all__ = ["ParametricLoss", "Reduction"]
 
 Reduction = Literal["mean", "sum", "none"]
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = get_args(Reduction)
 
 
 class ParametricLoss(nn.Module):
