@@ -60,6 +60,26 @@ def test_empirical_snr(snr_db):
     assert abs(empirical - snr_db) < 0.5
 
 
+def test_several_snrs_give_each_sample_one_of_them_uniformly():
+    datamodule = small(snr_db=(20.0, 30.0, 40.0), m=800)  # many measurements: a sharp SNR
+    y, x_star = datamodule.datasets["train"].tensors
+    clean = (x_star @ datamodule.A.T)[x_star.any(1)]  # without the samples that have no signal
+    per_sample = 10 * torch.log10(
+        clean.square().sum(1) / (y[x_star.any(1)] - clean).square().sum(1)
+    )
+    nearest = torch.tensor([20.0, 30.0, 40.0])[
+        (per_sample[:, None] - torch.tensor([20.0, 30.0, 40.0])).abs().argmin(1)
+    ]
+    assert (per_sample - nearest).abs().max() < 1.5
+    counts = torch.stack([(nearest == snr).sum() for snr in (20.0, 30.0, 40.0)])
+    assert (counts - len(clean) / 3).abs().max() < 100
+    single = small(snr_db=[40.0]).datasets["test"].tensors
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(single, small(snr_db=40.0).datasets["test"].tensors, strict=True)
+    )
+
+
 def test_noiseless_at_infinite_snr():
     datamodule = small(snr_db=math.inf)
     y, x_star = datamodule.datasets["val"].tensors
@@ -88,6 +108,8 @@ def test_seeding(data):
         ({"sparsity": "0.1"}, r"sparsity must be a number in \(0, 1\], got '0.1'"),
         ({"snr_db": float("nan")}, "snr_db must be a number of dB or inf, got nan"),
         ({"snr_db": -math.inf}, "snr_db must be a number of dB or inf, got -inf"),
+        ({"snr_db": (20.0, "x")}, "snr_db must be a number of dB or inf, got 'x'"),
+        ({"snr_db": ()}, "snr_db must be a number of dB or a non-empty sequence of them"),
         ({"num_train": 0}, "num_train must be a positive integer, got 0"),
         ({"num_val": -1}, "num_val must be a positive integer, got -1"),
         ({"num_test": None}, "num_test must be a positive integer, got None"),

@@ -135,6 +135,39 @@ def test_step_cost_adds_a_cost_per_step_to_the_losses_the_oracle_sees(x):
         net.stage_one_loss(x, target, beta=0.5, step_cost=-1.0)
 
 
+class UnitNet(FullDepthNet):
+    """Each sample's losses are in units of its target's energy."""
+
+    def loss_unit(self, x, target):
+        return target.square().sum(dim=1)
+
+
+def test_a_per_sample_loss_unit_scales_the_temperature_and_the_step_cost(x):
+    net, target = UnitNet(), torch.randn(64, 3, generator=torch.Generator().manual_seed(2))
+    losses = net.step_losses(net.stacked_steps(x), target)
+    unit = target.square().sum(dim=1)
+    costs = 0.3 * torch.arange(4.0)[:, None] * unit
+    expected = oracle_loss(losses + costs, 0.5, unit)
+    torch.testing.assert_close(net.stage_one_loss(x, target, beta=0.5, step_cost=0.3), expected)
+
+
+@pytest.mark.parametrize(
+    ("unit", "message"),
+    [
+        (torch.ones(3), r"loss_unit must return one unit per sample, shape \(64,\), got \(3,\)"),
+        (torch.zeros(64), r"loss_unit must return positive, finite units, got \[0.0, 0.0, 0.0\]"),
+        (torch.full((64,), float("nan")), "loss_unit must return positive, finite units"),
+    ],
+)
+def test_a_bad_loss_unit_is_refused(x, unit, message):
+    class BadUnit(FullDepthNet):
+        def loss_unit(self, x, target):
+            return unit
+
+    with pytest.raises(ValueError, match=message):
+        BadUnit().stage_one_loss(x, torch.zeros(64, 3), beta=1.0)
+
+
 def test_adaptive_depth_loss_uses_the_schedule_of_the_stage(x):
     net, target = FullDepthNet(), torch.zeros(64, 3)
     policy = StopPolicy(prediction_dim=3, hidden_dims=(8,))

@@ -49,6 +49,23 @@ def test_with_the_callback_it_learns_to_stop_and_logs_the_stopped_error():
     assert results["test/stop_nmse_db"] < 0
 
 
+def test_the_unit_of_beta_is_each_samples_noise_energy_or_one():
+    datamodule = data(snr_db=(20.0, 40.0))
+    datamodule.setup()
+    y, x_star = datamodule.datasets["train"].tensors
+    noise_energy = (y - x_star @ datamodule.A.T).square().sum(1)
+    floor = 1e-6 * noise_energy.mean()
+    assert (noise_energy == 0).any()  # samples without signal
+    torch.testing.assert_close(model().loss_unit(y, x_star), noise_energy.clamp_min(floor))
+    assert model(beta_unit="one").loss_unit(y, x_star) is None
+    with pytest.raises(ValueError, match=r'needs noisy measurements.*use beta_unit="one"'):
+        model().loss_unit(x_star @ datamodule.A.T, x_star)
+    with pytest.raises(
+        ValueError, match=r"beta_unit must be one of .*'noise_energy', 'one'.*got 'db'"
+    ):
+        model(beta_unit="db")
+
+
 def test_a_model_built_for_another_sensing_matrix_is_refused():
     with pytest.raises(ValueError, match="sensing matrix A differs"):
         quiet_trainer(max_epochs=1).fit(model(data_seed=1), data(seed=0))

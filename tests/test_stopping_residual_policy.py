@@ -17,19 +17,28 @@ def policy_and_inputs() -> tuple[ResidualStopPolicy, torch.Tensor, torch.Tensor,
     return policy, A, x_t, x_star @ A.T
 
 
-def test_features_are_scaled_estimate_residual_measurements_and_log_residual_energy():
+def test_features_are_log_energy_ratios_and_the_fraction_of_nonzeros():
     policy, A, x_t, y = policy_and_inputs()
+    x_t[0, :2] = 0.0
     features = policy.features(x_t, y)
-    assert features.shape == (3, policy.feature_dim()) == (3, 6 + 2 * 4 + 1)
-    rms = y.square().mean(1, keepdim=True).sqrt()
-    residual = y - x_t @ A.T
-    torch.testing.assert_close(features[:, :6], x_t / rms)
-    torch.testing.assert_close(features[:, 6:10], residual / rms)
-    torch.testing.assert_close(features[:, 10:14], y / rms)
-    expected = [
-        math.log10(r.square().sum() / v.square().sum()) for r, v in zip(residual, y, strict=True)
-    ]
-    torch.testing.assert_close(features[:, 14], torch.tensor(expected))
+    assert features.shape == (3, policy.feature_dim()) == (3, 4)
+    for features_b, x_b, y_b in zip(features, x_t, y, strict=True):
+        residual = y_b - A @ x_b
+        expected = [
+            math.log10(residual.square().sum() / y_b.square().sum()),
+            math.log10((A.T @ residual).square().sum() / (A.T @ y_b).square().sum()),
+            math.log10(x_b.square().sum() / y_b.square().sum()),
+            (x_b != 0).float().mean().item(),
+        ]
+        torch.testing.assert_close(features_b, torch.tensor(expected))
+    assert features[0, 3] == 4 / 6
+
+
+def test_an_exact_fit_gives_finite_features():
+    policy, A, x_t, _ = policy_and_inputs()
+    features = policy.features(x_t, x_t @ A.T)
+    assert features.isfinite().all()
+    assert (features[:, 0] < -30).all()
 
 
 def test_the_policy_is_scale_free():

@@ -32,6 +32,45 @@ def test_oracle_loss_is_the_negative_log_sum_exp_and_weights_steps_by_the_oracle
     torch.testing.assert_close(gradient, oracle / beta / losses.size(1))
 
 
+def test_a_per_sample_unit_sets_each_samples_temperature_and_keeps_the_gradient_weights():
+    losses = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
+    beta, unit = 0.5, torch.tensor([0.1, 1.0, 20.0], dtype=torch.float64)
+    oracle = oracle_stop_distribution(losses.detach(), beta, unit)
+    for b in range(3):
+        torch.testing.assert_close(
+            oracle[:, b],
+            oracle_stop_distribution(losses[:, b : b + 1].detach(), beta * unit[b].item())[:, 0],
+        )
+    loss = oracle_loss(losses, beta, unit)
+    expected = -(unit * torch.logsumexp(-losses / (beta * unit), dim=0)).mean()
+    torch.testing.assert_close(loss, expected)
+    (gradient,) = torch.autograd.grad(loss, losses)
+    torch.testing.assert_close(gradient, oracle / beta / losses.size(1))
+    ones = torch.ones(3, dtype=torch.float64)
+    torch.testing.assert_close(oracle_loss(losses, beta, ones), oracle_loss(losses, beta))
+    torch.testing.assert_close(
+        oracle_stop_distribution(losses, beta, ones), oracle_stop_distribution(losses, beta)
+    )
+
+
+def test_with_a_unit_the_variational_loss_is_still_minimal_at_the_oracle():
+    losses = torch.rand(5, 3, dtype=torch.float64) * 2
+    logits = torch.randn(5, 3, dtype=torch.float64)
+    beta, unit = 0.3, torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64)
+    q = explicit_stop_distribution(torch.sigmoid(logits))
+    expected = ((q * losses).sum(0) + beta * unit * (q * q.log()).sum(0)).mean()
+    torch.testing.assert_close(variational_loss(losses, logits, beta, unit), expected)
+    oracle_logits = logits_that_reproduce(oracle_stop_distribution(losses, beta, unit))
+    at_oracle = variational_loss(losses, oracle_logits, beta, unit)
+    torch.testing.assert_close(at_oracle, beta * oracle_loss(losses, beta, unit))
+    assert variational_loss(losses, logits, beta, unit) > at_oracle
+
+
+def test_a_unit_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"unit must have one value per sample, shape \(4,\)"):
+        oracle_loss(torch.rand(3, 4), 1.0, torch.ones(3))
+
+
 def explicit_stop_distribution(stop_probs: torch.Tensor) -> torch.Tensor:
     """q(t) = pi_t prod_{tau<t}(1 - pi_tau) for t < T, the remainder at T, by a plain loop."""
     steps = stop_probs.size(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -44,7 +45,9 @@ class SparseRecoveryDataModule(InMemoryDataModule):
     Each signal has i.i.d. entries `x*_i = b_i g_i`, `b_i ~ Bernoulli(sparsity)`,
     `g_i ~ N(0, 1)`. The noise of a sample is `N(0, sigma^2 I_m)` with
     `sigma^2 = ||A x*||^2 / (m 10^(snr_db / 10))`, so that
-    `10 log10(||A x*||^2 / E ||noise||^2) = snr_db` for every sample.
+    `10 log10(||A x*||^2 / E ||noise||^2) = snr_db` for every sample. With several ``snr_db``,
+    each sample draws its own uniformly from them: the mixed-SNR data of the paper's LISTA-stop,
+    where a noisier sample needs fewer steps.
 
     `A` and each split come from their own random generator, spawned from ``seed``
     (``numpy.random.SeedSequence``): a split is the same whatever the sizes of the other splits,
@@ -55,7 +58,8 @@ class SparseRecoveryDataModule(InMemoryDataModule):
         m: Measurements per sample (rows of `A`).
         n: Signal length (columns of `A`).
         sparsity: Probability that an entry of `x*` is nonzero, in (0, 1].
-        snr_db: Signal-to-noise ratio of the measurements in dB (``inf``: no noise).
+        snr_db: Signal-to-noise ratio of the measurements in dB (``inf``: no noise), or a
+            sequence of them to draw one per sample.
         num_train: Training samples.
         num_val: Validation samples.
         num_test: Test samples.
@@ -69,7 +73,7 @@ class SparseRecoveryDataModule(InMemoryDataModule):
         m: int = 250,
         n: int = 500,
         sparsity: float = 0.1,
-        snr_db: float = 40.0,
+        snr_db: float | Sequence[float] = 40.0,
         num_train: int = 20000,
         num_val: int = 1000,
         num_test: int = 3000,
@@ -87,12 +91,16 @@ class SparseRecoveryDataModule(InMemoryDataModule):
         ]:
             check_positive_int(name, value)
         check_number("sparsity", sparsity, "a number in (0, 1]", lambda v: 0 < v <= 1)
-        check_number("snr_db", snr_db, "a number of dB or inf", lambda v: -math.inf < v)
+        snrs = tuple(snr_db) if isinstance(snr_db, Sequence) else (snr_db,)
+        if not snrs:
+            raise ValueError("snr_db must be a number of dB or a non-empty sequence of them")
+        for snr in snrs:
+            check_number("snr_db", snr, "a number of dB or inf", lambda v: -math.inf < v)
         self.save_hyperparameters()
         self.m = m
         self.n = n
         self.sparsity = sparsity
-        self.snr_db = snr_db
+        self.snrs_db = snrs
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         _, *split_generators = spawn_generators(seed, 1 + len(SPLITS))  # the first is A's
         self.generators = dict(zip(SPLITS, split_generators, strict=True))
@@ -110,6 +118,16 @@ class SparseRecoveryDataModule(InMemoryDataModule):
         support = torch.rand(num, self.n, generator=generator) < self.sparsity  # (N, n)
         x_star = torch.randn(num, self.n, generator=generator) * support  # (N, n)
         clean = x_star @ self.A.T  # (N, m)
-        noise_std = clean.norm(dim=1, keepdim=True) / math.sqrt(self.m * 10 ** (self.snr_db / 10))
+        noise_std = clean.norm(dim=1, keepdim=True) / self.noise_scale(num, generator)
         y = clean + noise_std * torch.randn(num, self.m, generator=generator)  # (N, m)
         return TensorDataset(y, x_star)
+
+    def noise_scale(self, num: int, generator: torch.Generator) -> torch.Tensor:
+        """``sqrt(m 10^(snr_db / 10))`` of each of ``num`` samples, ``(num, 1)``.
+
+        With one ``snr_db`` it draws nothing from ``generator``.
+        """
+        scales = torch.tensor([math.sqrt(self.m * 10 ** (snr / 10)) for snr in self.snrs_db])
+        if len(scales) == 1:
+            return scales.expand(num, 1)
+        return scales[torch.randint(len(scales), (num, 1), generator=generator)]

@@ -3,8 +3,8 @@
 * `oracle_stop_distribution`, `oracle_loss` (Stage I), `stop_log_distribution`,
   `imitation_loss` (Stage II) and `variational_loss` (Stage III): the stop-time math, on
   ``(T, B)`` per-step tensors.
-* `StopPolicy`: the default policy network ``pi_phi``; `ResidualStopPolicy`, one that also
-  reads the residual of an inverse problem (LISTA-stop's).
+* `StopPolicy`: the default policy network ``pi_phi``; `ResidualStopPolicy`, one for inverse
+  problems that reads scale-free energies of the residual and the estimate (LISTA-stop's).
 * `AdaptiveDepthMixin`: per-step predictions, the stage losses and batched early exit.
 * `AdaptiveDepthModule`: the mixin on a `LightningModule` that trains plainly without the
   callback and by its stages with it (the base of `LISTARecovery` and `EarlyExitClassifier`).

@@ -96,6 +96,15 @@ class AdaptiveDepthMixin:
         """A ``(B, S)`` summary of the input for the stop policy; none by default."""
         return None
 
+    def loss_unit(self, x: Any, target: Tensor) -> Tensor | None:
+        """The unit ``(B,)`` of each sample's step losses in which ``beta`` and ``step_cost``
+        are given; ``None`` (the default): one unit for all samples.
+
+        A per-sample unit (e.g. the noise energy of a measurement) gives every sample the same
+        oracle whatever its scale, so one ``beta`` serves data of mixed difficulty.
+        """
+        return None
+
     def stacked_steps(self, x: Any) -> Tensor:
         """`forward_steps` as one ``(T, B, ...)`` tensor, checked for T >= 2 and equal shapes."""
         steps = self.forward_steps(x)
@@ -189,18 +198,37 @@ class AdaptiveDepthMixin:
         with torch.set_grad_enabled(stage != 2 and torch.is_grad_enabled()):
             predictions = self.stacked_steps(x)
             step_losses = self.step_losses(predictions, target).float()  # (T, B)
+        unit = self._checked_loss_unit(x, target, step_losses.size(1))
         if step_cost:
             steps = torch.arange(len(step_losses), device=step_losses.device)
-            step_losses = step_losses + step_cost * steps[:, None]
-        oracle = oracle_stop_distribution(step_losses.detach(), beta)
+            cost = step_cost * steps[:, None]  # (T, 1)
+            step_losses = step_losses + (cost if unit is None else cost * unit)
+        oracle = oracle_stop_distribution(step_losses.detach(), beta, unit)
         if stage == 1 or policy is None:
-            return StageTerms(oracle_loss(step_losses, beta), oracle, None)
+            return StageTerms(oracle_loss(step_losses, beta, unit), oracle, None)
         stop_logits = policy.step_logits(predictions, self.stop_summary(x)).float()
         if stage == 2:
             loss = imitation_loss(oracle, stop_logits)
         else:
-            loss = variational_loss(step_losses, stop_logits, beta)
+            loss = variational_loss(step_losses, stop_logits, beta, unit)
         return StageTerms(loss, oracle, stop_logits.detach())
+
+    def _checked_loss_unit(self, x: Any, target: Tensor, batch: int) -> Tensor | None:
+        unit = self.loss_unit(x, target)
+        if unit is None:
+            return None
+        if unit.shape != (batch,):
+            raise ValueError(
+                f"loss_unit must return one unit per sample, shape ({batch},), got "
+                f"{tuple(unit.shape)}"
+            )
+        unit = unit.detach().float()
+        invalid = ~((unit > 0) & unit.isfinite())
+        if invalid.any():
+            raise ValueError(
+                f"loss_unit must return positive, finite units, got {unit[invalid][:3].tolist()}"
+            )
+        return unit
 
     @torch.no_grad()
     def predict_adaptive(

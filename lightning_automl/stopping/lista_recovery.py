@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
@@ -18,6 +18,9 @@ from lightning_automl.stopping.policy import StopPolicy
 from lightning_automl.stopping.residual_policy import ResidualStopPolicy
 
 __all__ = ["LISTARecovery"]
+
+BetaUnit = Literal["noise_energy", "one"]
+BETA_UNITS = get_args(BetaUnit)
 
 
 class LISTARecovery(AdaptiveDepthModule):
@@ -57,6 +60,9 @@ class LISTARecovery(AdaptiveDepthModule):
         lr_decay_epochs: Cosine decay of both learning rates to 0 over this many epochs, step by
             step (``None``: constant). With `StopPolicyCallback`, the Stage I epochs.
         policy_hidden_dims: Hidden widths of the `StopPolicy` that `build_stop_policy` returns.
+        beta_unit: The unit of `StopPolicyCallback`'s ``beta`` and ``step_cost`` for each
+            sample: ``"noise_energy"``, its ``||y - A x*||^2``, so that one setting serves
+            every SNR (see `AdaptiveDepthMixin.loss_unit`); ``"one"``: the squared error as is.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class LISTARecovery(AdaptiveDepthModule):
         threshold_lr: float | None = 2e-3,
         lr_decay_epochs: int | None = None,
         policy_hidden_dims: tuple[int, ...] = (256, 128, 16),
+        beta_unit: BetaUnit = "noise_energy",
     ) -> None:
         super().__init__()
         check_number("lr", lr, "a number > 0", lambda value: value > 0)
@@ -82,6 +89,8 @@ class LISTARecovery(AdaptiveDepthModule):
             check_number("threshold_lr", threshold_lr, "a number > 0", lambda value: value > 0)
         if lr_decay_epochs is not None:
             check_positive_int("lr_decay_epochs", lr_decay_epochs)
+        if beta_unit not in BETA_UNITS:
+            raise ValueError(f"beta_unit must be one of {BETA_UNITS}, got {beta_unit!r}")
         self.save_hyperparameters()
         self.lista = LISTA(
             sensing_matrix(m, n, data_seed),
@@ -115,6 +124,23 @@ class LISTARecovery(AdaptiveDepthModule):
 
     def stop_summary(self, y: Tensor) -> Tensor:
         return y
+
+    def loss_unit(self, y: Tensor, target: Tensor) -> Tensor | None:
+        """With ``beta_unit="noise_energy"``, each sample's ``||y - A x*||^2``.
+
+        Floored at 1e-6 of the batch's mean, for a sample without signal (``x* = 0``, so no
+        noise either).
+        """
+        if self.hparams["beta_unit"] == "one":
+            return None
+        noise_energy = (y - target @ self.lista.A.T).square().sum(dim=1)
+        floor = 1e-6 * noise_energy.mean()
+        if not floor > 0:
+            raise ValueError(
+                'beta_unit="noise_energy" needs noisy measurements, but the batch has '
+                'y = A x* exactly: use beta_unit="one"'
+            )
+        return noise_energy.clamp_min(floor)
 
     def build_stop_policy(self) -> StopPolicy:
         hidden_dims = tuple(self.hparams["policy_hidden_dims"])

@@ -13,12 +13,17 @@ __all__ = ["ResidualStopPolicy"]
 
 
 class ResidualStopPolicy(StopPolicy):
-    """A `StopPolicy` that reads the estimate `x_t`, the residual `y - A x_t` and `y`.
+    """A `StopPolicy` for `y = A x + noise` that reads four scale-free numbers of each step.
 
-    The authors' LISTA-stop policy reads the same three (Chen et al., ICML 2020, section 5.1).
-    Here each is divided by the root mean square of `y`, so the policy is scale-free, and one
-    more feature is the residual's energy relative to `y`'s on a log10 scale: it falls as the
-    estimate improves and flattens at the noise floor, where stopping costs nothing.
+    The authors' LISTA-stop policy reads the estimate `x_t`, the residual `y - A x_t` and `y`
+    as vectors (Chen et al., ICML 2020, section 5.1). On data of mixed SNR, an MLP on those
+    vectors learned only the marginal stop-time distribution: it stopped at the same steps
+    whatever the noise level. This
+    policy reads, on a log10 scale, the energy of the residual `r_t = y - A x_t` relative to
+    `y`'s (it flattens at the noise floor, where stopping costs nothing), that of the gradient
+    `A^T r_t` relative to `A^T y`'s (zero at a least-squares fit), that of `x_t` relative to
+    `y`'s, and the fraction of nonzero entries of `x_t`; with the encoding of `t`, it tells a
+    converged estimate from one still improving, at every noise level.
 
     The sensing matrix is the buffer ``A`` (saved with the weights); `for_matrix` builds the
     policy for a given one.
@@ -58,10 +63,11 @@ class ResidualStopPolicy(StopPolicy):
         }
 
     def feature_dim(self) -> int:
-        return self.prediction_dim + 2 * self.summary_dim + 1
+        return 4
 
     def features(self, prediction: Tensor, summary: Tensor | None) -> Tensor:
-        """``[x_t, y - A x_t, y] / rms(y)`` and ``log10(||y - A x_t||^2 / ||y||^2)``.
+        """``log10`` of ``||r_t||^2 / ||y||^2``, ``||A^T r_t||^2 / ||A^T y||^2`` and
+        ``||x_t||^2 / ||y||^2``, and the fraction of nonzeros of ``x_t``: ``(N, 4)``.
 
         Args:
             prediction: Estimates `x_t`, ``(N, n)``.
@@ -69,9 +75,15 @@ class ResidualStopPolicy(StopPolicy):
         """
         if summary is None:
             raise ValueError("ResidualStopPolicy reads the measurements y as the summary")
-        energy = summary.square().mean(1, keepdim=True).clamp_min(torch.finfo(summary.dtype).tiny)
         residual = summary - prediction @ self.A.T  # (N, m)
-        relative_energy = residual.square().mean(1, keepdim=True) / energy
-        log_ratio = relative_energy.clamp_min(torch.finfo(summary.dtype).tiny).log10()
-        scaled = torch.cat([prediction, residual, summary], dim=-1) / energy.sqrt()
-        return torch.cat([scaled, log_ratio], dim=-1)  # (N, n + 2 m + 1)
+        ratios = torch.stack(
+            [
+                residual.square().sum(1) / summary.square().sum(1),
+                (residual @ self.A).square().sum(1) / (summary @ self.A).square().sum(1),
+                prediction.square().sum(1) / summary.square().sum(1),
+            ],
+            dim=1,
+        )  # (N, 3)
+        tiny = torch.finfo(ratios.dtype).tiny
+        nonzero = (prediction != 0).to(ratios.dtype).mean(1, keepdim=True)
+        return torch.cat([ratios.nan_to_num(nan=1.0).clamp_min(tiny).log10(), nonzero], dim=1)

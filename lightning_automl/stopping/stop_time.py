@@ -39,7 +39,22 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be > 0, got {beta!r}")
 
 
-def oracle_stop_distribution(step_losses: Tensor, beta: float) -> Tensor:
+def _temperature(step_losses: Tensor, beta: float, unit: Tensor | None) -> Tensor | float:
+    """``beta``, or ``beta * unit`` per sample, ``(B,)``: the temperature of each sample."""
+    _check_beta(beta)
+    if unit is None:
+        return beta
+    if unit.shape != step_losses.shape[1:]:
+        raise ValueError(
+            f"unit must have one value per sample, shape ({step_losses.size(1)},), got "
+            f"{tuple(unit.shape)}"
+        )
+    return beta * unit
+
+
+def oracle_stop_distribution(
+    step_losses: Tensor, beta: float, unit: Tensor | None = None
+) -> Tensor:
     """The optimal stop-time distribution for a fixed model: a softmin of the per-step losses.
 
     ``q*(t | x, y) = softmax_t(-loss_t / beta)``, i.e. ``q* ∝ p_theta(y | t, x)^(1 / beta)``
@@ -49,24 +64,29 @@ def oracle_stop_distribution(step_losses: Tensor, beta: float) -> Tensor:
     Args:
         step_losses: Per-sample loss after every step, shape ``(T, B)``.
         beta: Temperature (> 0): small ``beta`` puts all mass on the best step.
+        unit: Optional ``(B,)`` positive unit of each sample's losses: its temperature is
+            ``beta * unit``.
 
     Returns:
         ``(T, B)`` probabilities; each column sums to 1.
     """
     _check_steps("step_losses", step_losses)
-    _check_beta(beta)
-    return torch.softmax(-step_losses / beta, dim=0)
+    return torch.softmax(-step_losses / _temperature(step_losses, beta, unit), dim=0)
 
 
-def oracle_loss(step_losses: Tensor, beta: float) -> Tensor:
+def oracle_loss(step_losses: Tensor, beta: float, unit: Tensor | None = None) -> Tensor:
     """Stage I loss: ``-log sum_t exp(-loss_t / beta)``, averaged over the batch.
 
     Minimising it over the model's parameters is the joint objective with the stop
     distribution at its optimum ``q*``; its gradient weights each step's loss by ``q*``.
+    With a per-sample ``unit``, sample ``b`` contributes
+    ``-unit_b log sum_t exp(-loss_t / (beta unit_b))``: its own temperature, and still the
+    gradient ``sum_t q*(t) d loss_t / beta``, so samples keep their weights of the plain loss.
     """
     _check_steps("step_losses", step_losses)
-    _check_beta(beta)
-    return -torch.logsumexp(-step_losses / beta, dim=0).mean()
+    temperature = _temperature(step_losses, beta, unit)
+    softmin = torch.logsumexp(-step_losses / temperature, dim=0)  # (B,)
+    return -(softmin if unit is None else unit * softmin).mean()
 
 
 def stop_log_distribution(stop_logits: Tensor) -> Tensor:
@@ -109,7 +129,9 @@ def imitation_loss(oracle: Tensor, stop_logits: Tensor) -> Tensor:
     return divergence.sum(dim=0).mean()
 
 
-def variational_loss(step_losses: Tensor, stop_logits: Tensor, beta: float) -> Tensor:
+def variational_loss(
+    step_losses: Tensor, stop_logits: Tensor, beta: float, unit: Tensor | None = None
+) -> Tensor:
     """Stage III loss: ``E_{t ~ q_phi}[loss_t] - beta * H(q_phi)``, averaged over the batch.
 
     The paper's joint objective over the model and the policy (its minimum over all stop-time
@@ -120,15 +142,17 @@ def variational_loss(step_losses: Tensor, stop_logits: Tensor, beta: float) -> T
         step_losses: ``(T, B)`` per-sample loss after every step.
         stop_logits: ``(T, B)`` logits of the policy's ``pi_t``.
         beta: Weight of the entropy (> 0).
+        unit: Optional ``(B,)`` positive unit of each sample's losses: its entropy weight is
+            ``beta * unit``.
     """
     if step_losses.shape != stop_logits.shape:
         raise ValueError(
             f"step_losses and stop_logits must have the same (T, B) shape, got "
             f"{tuple(step_losses.shape)} and {tuple(stop_logits.shape)}"
         )
-    _check_beta(beta)
+    temperature = _temperature(step_losses, beta, unit)
     log_q = stop_log_distribution(stop_logits)
-    return (log_q.exp() * (step_losses + beta * log_q)).sum(dim=0).mean()
+    return (log_q.exp() * (step_losses + temperature * log_q)).sum(dim=0).mean()
 
 
 def threshold_logit(threshold: float) -> float:
