@@ -46,11 +46,12 @@ from harness import Report, fit, format_table, parse_args, target
 from lightning.pytorch import Callback, seed_everything
 from torch import Tensor, nn
 
+from lightning_automl.core.modes import evaluation_mode
 from lightning_automl.core.unroll import SGD, hypergradient
 from lightning_automl.data import MNISTDataModule
 from lightning_automl.models import TaughtClassifier
 from lightning_automl.teaching import TEACHER_FEATURES, LossTeacher, LossTeacherCallback
-from lightning_automl.teaching.replay import dev_objective_fn, evaluation_mode, taught_loss_fn
+from lightning_automl.teaching.replay import dev_objective_fn, taught_loss_fn
 from lightning_automl.teaching.students import student_network
 
 matplotlib.use("Agg")

@@ -2,10 +2,10 @@
 
 Run by the tests as ``python tests/ddp_fit_script.py OUT_DIR [classifier|adaptive|lstm|taught]``;
 Lightning relaunches this script for rank 1. ``adaptive`` fits TinyAdaptive with a
-StopPolicyCallback (one epoch of Stage I, one of Stage II) and reports the policy's parameters
-as well; ``lstm`` fits TinyClassifier with an LSTMOptimizer, the global random state differing
-per rank; ``taught`` fits TinyTaughtClassifier with a LossTeacherCallback and reports the
-teacher's parameters as well.
+StopPolicyCallback (one epoch of Stage I, one of Stage II) and a standardizing policy, and
+reports the policy's weights and BatchNorm statistics as well; ``lstm`` fits TinyClassifier
+with an LSTMOptimizer, the global random state differing per rank; ``taught`` fits
+TinyTaughtClassifier with a LossTeacherCallback and reports the teacher's parameters as well.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from lightning.pytorch import Callback, seed_everything
 from tiny import TinyAdaptive, TinyClassifier, TinyDataModule, TinyTaughtClassifier, quiet_trainer
 
 from lightning_automl.optim import LSTMOptimizer
-from lightning_automl.stopping import StopPolicyCallback
+from lightning_automl.stopping import StopPolicy, StopPolicyCallback
 from lightning_automl.teaching import LossTeacherCallback
 
 
@@ -48,7 +48,7 @@ def main(out_dir: Path, which: str) -> None:
     model = models.get(which, TinyClassifier)()
     if which == "adaptive":
         torch.manual_seed(int(os.environ.get("LOCAL_RANK", 0)))  # the policies start different
-        policy = model.build_stop_policy()
+        policy = StopPolicy(3, hidden_dims=(8,), step_encoding_dim=4, standardize=True)
         callbacks.append(StopPolicyCallback(stage_epochs=(1, 1), beta=0.5, policy=policy))
     if which == "taught":
         callbacks.append(LossTeacherCallback(num_classes=3, unroll_steps=2, update_every_n_steps=2))
@@ -65,7 +65,8 @@ def main(out_dir: Path, which: str) -> None:
         "moved": float((final - initial).abs().max()),
     }
     if which == "adaptive":
-        policy = torch.cat([p.detach().flatten() for p in callbacks[1].policy.parameters()])
+        state = callbacks[1].policy.state_dict().values()  # weights and BatchNorm statistics
+        policy = torch.cat([value.float().flatten() for value in state])
         report["policy"] = policy.tolist()
     if which == "taught":
         teacher = torch.cat([p.detach().flatten() for p in callbacks[1].teacher.parameters()])

@@ -8,7 +8,7 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny import TinyAdaptive, TinyClassifier, TinyDataModule, quiet_trainer
 
-from lightning_automl.stopping import StopPolicyCallback
+from lightning_automl.stopping import StopPolicy, StopPolicyCallback
 
 
 class EpochSnapshots(Callback):
@@ -100,6 +100,44 @@ def test_predict_adaptive_uses_the_trained_policy_after_fit():
     expected = model.predict_adaptive(x, stop_callback.policy, threshold=0.5)
     for actual, wanted in zip(model.predict_adaptive(x), expected, strict=True):
         torch.testing.assert_close(actual, wanted)
+
+
+class PolicyModes(Callback):
+    """The policy's mode at the start and the end of each training batch, after the hooks of
+    StopPolicyCallback."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.start, self.end = policy, [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.start.append(self.policy.training)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.end.append(self.policy.training)
+
+
+def test_a_standardizing_policy_is_in_training_mode_in_training_batches_only():
+    seed_everything(0)
+    policy = StopPolicy(prediction_dim=3, hidden_dims=(8,), step_encoding_dim=4, standardize=True)
+    modes, snapshots = PolicyModes(policy), EpochSnapshots()
+    callbacks = [StopPolicyCallback((1, 1), beta=0.5, policy=policy), modes, snapshots]
+    quiet_trainer(max_epochs=2, callbacks=callbacks).fit(TinyAdaptive(), TinyDataModule())
+    assert all(modes.start) and not any(modes.end) and not policy.training
+    statistics = [state["feature_norm.running_mean"] for state in snapshots.policy]
+    assert torch.equal(statistics[0], torch.zeros(3))  # Stage I: the policy is not run
+    assert not torch.equal(statistics[1], torch.zeros(3))  # Stage II: it learns them
+
+
+def test_predict_adaptive_runs_the_policy_in_evaluation_mode_and_restores_its_mode():
+    model, *_ = fit((1, 1))
+    model.eval()  # no dropout
+    policy = StopPolicy(prediction_dim=3, hidden_dims=(8,), step_encoding_dim=4, standardize=True)
+    x = torch.randn(16, 8)
+    expected = model.predict_adaptive(x, policy.eval())
+    actual = model.predict_adaptive(x, policy.train())
+    assert policy.training
+    for value, wanted in zip(actual, expected, strict=True):
+        assert torch.equal(value, wanted)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,23 @@ def test_pretrained_round_trip(tmp_path):
     torch.testing.assert_close(loaded(x, step, summary), policy(x, step, summary))
 
 
+def test_standardize_normalises_the_features_by_batch_then_running_statistics(tmp_path):
+    torch.manual_seed(0)
+    policy = StopPolicy(prediction_dim=2, hidden_dims=(4,), step_encoding_dim=0, standardize=True)
+    seen = []
+    policy.mlp.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    x, step = torch.randn(64, 2) * torch.tensor([100.0, 1.0]) + 5, torch.zeros(64).long()
+    policy(x, step)
+    torch.testing.assert_close(seen[-1].mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen[-1].var(0, unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+    policy.eval()
+    assert torch.equal(policy(x[:1], step[:1]), policy(x, step)[:1])  # running statistics
+    policy.save_pretrained(tmp_path / "policy")
+    loaded = StopPolicy.from_pretrained(tmp_path / "policy").eval()
+    assert loaded.standardize
+    torch.testing.assert_close(loaded(x, step), policy(x, step))
+
+
 def test_bad_arguments_and_inputs_are_refused():
     with pytest.raises(ValueError, match="prediction_dim must be >= 1"):
         StopPolicy(prediction_dim=0)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
+from lightning_automl.core.modes import evaluation_mode
 from lightning_automl.stopping.policy import StopPolicy
 from lightning_automl.stopping.stop_time import (
     imitation_loss,
@@ -238,9 +239,9 @@ class AdaptiveDepthMixin:
 
         ``policy`` defaults to the one `StopPolicyCallback` trained for this module.
 
-        A sample stops at the first step whose stop probability ``pi_t`` exceeds
-        ``threshold`` (1.0: never, so every sample runs all ``T`` steps; 0.0: all stop after
-        the first step), and at the last step otherwise.
+        The policy runs in evaluation mode. A sample stops at the first step whose stop
+        probability ``pi_t`` exceeds ``threshold`` (1.0: never, so every sample runs all ``T``
+        steps; 0.0: all stop after the first step), and at the last step otherwise.
 
         Returns:
             The predictions ``(B, ...)`` and the 0-based step at which each sample stopped,
@@ -252,12 +253,13 @@ class AdaptiveDepthMixin:
                 raise ValueError("predict_adaptive needs a policy: none is attached to the module")
             policy = self.stop_schedule.policy
         summary = self.stop_summary(x)
-        if not hasattr(self, "init_state"):
-            predictions = self.stacked_steps(x)  # (T, B, ...): no compute is saved
-            steps = stop_steps(policy.step_logits(predictions, summary), threshold)
-            batch = torch.arange(predictions.size(1), device=predictions.device)
-            return predictions[steps, batch], steps
-        return self._predict_shrinking(x, policy, summary, stop_above)
+        with evaluation_mode(policy):  # running statistics, whatever the batch holds
+            if not hasattr(self, "init_state"):
+                predictions = self.stacked_steps(x)  # (T, B, ...): no compute is saved
+                steps = stop_steps(policy.step_logits(predictions, summary), threshold)
+                batch = torch.arange(predictions.size(1), device=predictions.device)
+                return predictions[steps, batch], steps
+            return self._predict_shrinking(x, policy, summary, stop_above)
 
     def _predict_shrinking(
         self, x: Any, policy: StopPolicy, summary: Tensor | None, stop_above: float

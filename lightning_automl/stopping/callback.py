@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_automl.core.validation import check_non_negative_int, check_number
 from lightning_automl.stopping.adaptive_depth import AdaptiveDepthMixin, StopSchedule
@@ -141,7 +141,7 @@ class StopPolicyCallback(Callback):
             self.policy = pl_module.build_stop_policy()
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        policy = self._policy().to(pl_module.device)
+        policy = self._policy().to(pl_module.device).eval()
         if trainer.world_size > 1:  # every rank starts from rank 0's policy
             policy.load_state_dict(trainer.strategy.broadcast(policy.state_dict(), src=0))
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=self.policy_lr)
@@ -171,17 +171,24 @@ class StopPolicyCallback(Callback):
         grads = [p.grad for p in self._policy().parameters() if p.grad is not None]
         if not grads or self.optimizer is None:
             return  # Stage I: the policy took no part in the loss
-        if trainer.world_size > 1:
-            flat = torch.cat([grad.flatten() for grad in grads])
+        if trainer.world_size > 1:  # gradients and BatchNorm statistics, averaged over ranks
+            shared = grads + running_statistics(self._policy())
+            flat = torch.cat([value.flatten() for value in shared])
             flat = trainer.strategy.reduce(flat, reduce_op="mean")
-            for grad, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-                grad.copy_(averaged.view_as(grad))
+            for value, mean in zip(shared, flat.split([v.numel() for v in shared]), strict=True):
+                value.copy_(mean.view_as(value))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._policy().train()  # batch statistics, dropout: for training batches only
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
+        self._policy().eval()
         schedule = getattr(pl_module, "stop_schedule", None)
         if schedule is None or schedule.last_batch is None:
             return
@@ -237,3 +244,14 @@ class StopPolicyCallback(Callback):
     def _count(self, name: str, steps: Tensor, num_steps: int) -> None:
         counts = torch.bincount(steps, minlength=num_steps).float()
         self._histograms[name] = self._histograms.get(name, 0) + counts
+
+
+def running_statistics(module: nn.Module) -> list[Tensor]:
+    """The running means and variances of the BatchNorm layers in ``module``."""
+    return [
+        statistic
+        for layer in module.modules()
+        if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)
+        for statistic in (layer.running_mean, layer.running_var)
+        if statistic is not None
+    ]

@@ -37,6 +37,10 @@ class StopPolicy(PretrainedMixin, nn.Module):
         summary_dim: Features of the input summary (0: none).
         hidden_dims: Widths of the hidden layers.
         step_encoding_dim: Width of the sinusoidal encoding of the step index.
+        standardize: Standardise the features (not the step encoding) by their batch statistics
+            in training and by running ones in evaluation (``BatchNorm1d`` without affine
+            parameters), for features of very different scales. `StopPolicyCallback` keeps the
+            policy in training mode only for its training batches.
     """
 
     pretrained_method = "stopping"
@@ -47,6 +51,7 @@ class StopPolicy(PretrainedMixin, nn.Module):
         summary_dim: int = 0,
         hidden_dims: tuple[int, ...] = (256, 128, 16),
         step_encoding_dim: int = 16,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         if prediction_dim < 1 or summary_dim < 0 or step_encoding_dim < 0:
@@ -60,6 +65,10 @@ class StopPolicy(PretrainedMixin, nn.Module):
         self.summary_dim = summary_dim
         self.hidden_dims = tuple(hidden_dims)
         self.step_encoding_dim = step_encoding_dim
+        self.standardize = standardize
+        self.feature_norm = (
+            nn.BatchNorm1d(self.feature_dim(), affine=False) if standardize else None
+        )
         widths = [self.feature_dim() + step_encoding_dim, *hidden_dims]
         layers: list[nn.Module] = []
         for width_in, width_out in pairwise(widths):
@@ -73,6 +82,7 @@ class StopPolicy(PretrainedMixin, nn.Module):
             "summary_dim": self.summary_dim,
             "hidden_dims": list(self.hidden_dims),
             "step_encoding_dim": self.step_encoding_dim,
+            "standardize": self.standardize,
         }
 
     def feature_dim(self) -> int:
@@ -108,6 +118,8 @@ class StopPolicy(PretrainedMixin, nn.Module):
                 f"{type(self).__name__} expects {self.prediction_dim} prediction and "
                 f"{self.summary_dim} summary features, got {inputs.size(-1)} features in all"
             )
+        if self.feature_norm is not None:
+            inputs = self.feature_norm(inputs)
         if self.step_encoding_dim:
             inputs = torch.cat([inputs, step_encoding(step, self.step_encoding_dim)], dim=-1)
         return self.mlp(inputs).squeeze(-1)

@@ -33,6 +33,9 @@ class ResidualStopPolicy(StopPolicy):
         n: Signal length (columns of `A`).
         hidden_dims: Widths of the hidden layers.
         step_encoding_dim: Width of the sinusoidal encoding of the step index.
+        standardize: Standardise the four numbers (see `StopPolicy`); they live on very
+            different scales (the log energies span several units, the fraction of nonzeros a few
+            tenths).
     """
 
     A: Tensor
@@ -43,8 +46,9 @@ class ResidualStopPolicy(StopPolicy):
         n: int,
         hidden_dims: tuple[int, ...] = (256, 128, 16),
         step_encoding_dim: int = 16,
+        standardize: bool = True,
     ) -> None:
-        super().__init__(n, m, hidden_dims, step_encoding_dim)
+        super().__init__(n, m, hidden_dims, step_encoding_dim, standardize)
         self.register_buffer("A", torch.zeros(m, n))
 
     @classmethod
@@ -60,6 +64,7 @@ class ResidualStopPolicy(StopPolicy):
             "n": self.prediction_dim,
             "hidden_dims": list(self.hidden_dims),
             "step_encoding_dim": self.step_encoding_dim,
+            "standardize": self.standardize,
         }
 
     def feature_dim(self) -> int:

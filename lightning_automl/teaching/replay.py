@@ -4,8 +4,7 @@ unroll and the dev objective after it (torch-only; `LossTeacherCallback` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_automl.core.features import classification_summary
+from lightning_automl.core.modes import evaluation_mode
 from lightning_automl.core.unroll import LossFn, Params
 from lightning_automl.core.validation import check_number
 from lightning_automl.teaching.teacher import LossTeacher
@@ -24,7 +24,6 @@ __all__ = [
     "dev_objective",
     "dev_objective_fn",
     "dev_summary",
-    "evaluation_mode",
     "taught_loss_fn",
 ]
 
@@ -47,17 +46,6 @@ def dev_objective(logits: Tensor, target: Tensor, kind: DevObjective, sharpness:
     probs = logits.softmax(-1)
     gap = probs.max(-1).values - probs.gather(-1, target[:, None]).squeeze(-1)
     return (2 * torch.sigmoid(sharpness * gap) - 1).mean()
-
-
-@contextmanager
-def evaluation_mode(module: nn.Module) -> Iterator[None]:
-    """``module.eval()`` inside the block; its previous mode after."""
-    training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(training)
 
 
 def taught_loss_fn(
