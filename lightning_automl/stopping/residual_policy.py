@@ -18,12 +18,12 @@ class ResidualStopPolicy(StopPolicy):
     The authors' LISTA-stop policy reads the estimate `x_t`, the residual `y - A x_t` and `y`
     as vectors (Chen et al., ICML 2020, section 5.1). On data of mixed SNR, an MLP on those
     vectors learned only the marginal stop-time distribution: it stopped at the same steps
-    whatever the noise level. This
-    policy reads, on a log10 scale, the energy of the residual `r_t = y - A x_t` relative to
-    `y`'s (it flattens at the noise floor, where stopping costs nothing), that of the gradient
-    `A^T r_t` relative to `A^T y`'s (zero at a least-squares fit), that of `x_t` relative to
-    `y`'s, and the fraction of nonzero entries of `x_t`; with the encoding of `t`, it tells a
-    converged estimate from one still improving, at every noise level.
+    whatever the noise level. This policy reads, on a log10 scale, the energy of the residual
+    `r_t = y - A x_t` relative to `y`'s (it flattens at the noise floor, where stopping costs
+    nothing), that of the gradient `A^T r_t` relative to `A^T y`'s (zero at a least-squares
+    fit), that of `x_t` relative to `y`'s, and the fraction of nonzero entries of `x_t`; with
+    the encoding of `t`, it tells a converged estimate from one still improving, at every noise
+    level.
 
     The sensing matrix is the buffer ``A`` (saved with the weights); `for_matrix` builds the
     policy for a given one.
