@@ -81,11 +81,12 @@ class ResidualStopPolicy(StopPolicy):
         if summary is None:
             raise ValueError("ResidualStopPolicy reads the measurements y as the summary")
         residual = summary - prediction @ self.A.T  # (N, m)
+        energy = summary.square().sum(1)
         ratios = torch.stack(
             [
-                residual.square().sum(1) / summary.square().sum(1),
+                residual.square().sum(1) / energy,
                 (residual @ self.A).square().sum(1) / (summary @ self.A).square().sum(1),
-                prediction.square().sum(1) / summary.square().sum(1),
+                prediction.square().sum(1) / energy,
             ],
             dim=1,
         )  # (N, 3)
