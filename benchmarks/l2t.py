@@ -14,7 +14,9 @@ loss on batches of 128, dev cross-entropy on 512 images, reverse mode to the tea
 parameters) by `core.unroll.hypergradient`, by the same with checkpointing every 5 steps, and
 by torchopt's `MetaSGD` (the peer), for K = 5, 20, 50: the median time of 7 updates (the three
 interleaved, one thread) and the peak memory, measured in a fresh process as the growth of its
-peak resident set. The three hypergradients are checked to agree.
+peak resident set. `hypergradient` gets the dev set as the callback does, in batches of 128
+(one objective term each, differentiated in turn); the peer evaluates the 512 images at once.
+The three hypergradients are checked to agree.
 
     python benchmarks/l2t.py            # the full run (see the docs for its time)
     python benchmarks/l2t.py --quick    # smoke run, small budget
@@ -192,6 +194,7 @@ def teacher_updates(student_name: str, unroll: int, data_dir: str) -> dict[str, 
     data.setup()
     batches = list(data.train_dataloader())[:unroll]
     dev_x, dev_y = data.datasets["val"].tensors
+    dev_batches = list(zip(dev_x.split(128), dev_y.split(128), strict=True))  # as the callback's
     features = torch.rand(len(TEACHER_FEATURES))
     lr, momentum = 0.1, 0.9
 
@@ -200,7 +203,7 @@ def teacher_updates(student_name: str, unroll: int, data_dir: str) -> dict[str, 
         inner = SGD(lr, momentum)
         result = hypergradient(
             taught_loss_fn(teacher, student, {}, lambda k: features),
-            dev_objective_fn(student, {}, [(dev_x, dev_y)], "cross_entropy", 50.0),
+            dev_objective_fn(student, {}, dev_batches, "cross_entropy", 50.0),
             params,
             inner.init_state(params),
             inner,

@@ -73,8 +73,10 @@ def test_mirror_refuses_what_it_cannot_reproduce() -> None:
         SGD(lr=0.0)
 
 
-def _tiny_problem(inner, checkpoint_every=None):
-    """A weighted-loss student: the hyperparameter scales each class's training loss."""
+def _tiny_problem(inner, checkpoint_every=None, dev_terms=1):
+    """A weighted-loss student: the hyperparameter scales each class's training loss. The dev
+    cross-entropy is given as ``dev_terms`` terms, each the mean over a slice of the dev set
+    weighted by its share."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Dropout(0.2), nn.Linear(5, 2)).double()
     params = {name: param.detach() for name, param in model.named_parameters()}
@@ -86,19 +88,23 @@ def _tiny_problem(inner, checkpoint_every=None):
         losses = nn.functional.cross_entropy(logits, batch[1], reduction="none")
         return (losses * weights[batch[1]] * (1 + 0.1 * k)).mean()
 
-    def objective(params):
+    def objective(params, rows=slice(None)):
         model.eval()
         try:
-            return nn.functional.cross_entropy(functional_call(model, params, (dev_x,)), dev_y)
+            logits = functional_call(model, params, (dev_x[rows],))
+            return nn.functional.cross_entropy(logits, dev_y[rows]) * len(dev_y[rows]) / len(dev_y)
         finally:
             model.train()
+
+    slices = [rows.tolist() for rows in torch.arange(len(dev_y)).tensor_split(dev_terms)]
+    terms = [lambda p, rows=rows: objective(p, rows) for rows in slices]
 
     def run(weights, checkpoint=checkpoint_every):
         torch.manual_seed(5)  # dropout masks
         hyper = weights.detach().requires_grad_()
         return hypergradient(
             lambda p, k, b: loss_fn(p, k, b, hyper),
-            objective,
+            objective if dev_terms == 1 else terms,
             params,
             inner.init_state(params),
             inner,
@@ -140,6 +146,26 @@ def test_checkpointed_hypergradient_equals_the_full_graph(segment: int) -> None:
     torch.testing.assert_close(checkpointed.grads, full.grads, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(checkpointed.params, full.params)
     torch.testing.assert_close(checkpointed.state.tensors(), full.state.tensors())
+
+
+@pytest.mark.parametrize("segment", [None, 2])
+def test_an_objective_given_as_terms_equals_their_sum(segment: int | None) -> None:
+    weights = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    inner = SGD(lr=0.3, momentum=0.9)
+    whole = _tiny_problem(inner, segment)(weights)
+    split = _tiny_problem(inner, segment, dev_terms=3)(weights)
+    torch.testing.assert_close(split.objective, whole.objective)
+    torch.testing.assert_close(split.grads, whole.grads, rtol=1e-10, atol=1e-12)
+    assert whole.grads[0].abs().max() > 1e-4
+
+
+def test_an_empty_list_of_objective_terms_is_refused() -> None:
+    inner = SGD(lr=0.1)
+    params = {"w": torch.ones(2)}
+    with pytest.raises(ValueError, match="non-empty list"):
+        hypergradient(
+            lambda p, k, b: p["w"].sum(), [], params, inner.init_state(params), inner, [0], []
+        )
 
 
 def test_adam_hypergradient_stays_finite_where_a_gradient_is_zero() -> None:

@@ -22,6 +22,7 @@ from lightning_automl.teaching import (
     ParametricLoss,
     dev_objective,
 )
+from lightning_automl.teaching.replay import dev_objective_fn
 
 
 def test_parametric_loss_at_identity_is_the_sigmoid_surrogate_mixed_with_cross_entropy() -> None:
@@ -144,6 +145,23 @@ def test_teacher_hypergradient_matches_finite_differences(inner) -> None:
     numeric = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
     assert abs(analytic) > 1e-4
     assert abs(analytic - numeric) / abs(numeric) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["cross_entropy", "smooth_error"])
+def test_dev_objective_terms_sum_to_the_objective_over_all_batches(kind) -> None:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)).double()
+    params = {name: p.detach() for name, p in student.named_parameters()}
+    buffers = {name: b.detach() for name, b in student.named_buffers()}
+    x, y = torch.randn(23, 4, dtype=torch.float64), torch.randint(0, 3, (23,))
+    dev = list(zip(x.split(10), y.split(10), strict=True))  # batches of 10, 10 and 3
+    terms = dev_objective_fn(student, buffers, dev, kind, 5.0)
+    student.eval()
+    whole = dev_objective(functional_call(student, (params, buffers), (x,)), y, kind, 5.0)
+    student.train()
+    assert len(terms) == 3
+    torch.testing.assert_close(sum(term(params) for term in terms), whole)
+    assert student.training  # each term runs the student in evaluation mode and restores it
 
 
 class DevCrossEntropy(Callback):

@@ -8,9 +8,12 @@ through that graph is the exact hypergradient, Hessian-vector products included
 
     dM/dlambda = sum_k dM/dw_{k+1} . dw_{k+1}/dlambda.
 
-Memory grows with ``K``. `hypergradient` can instead keep only the states at segment boundaries
-and recompute each segment during the backward pass (checkpointing): memory ~ ``K / c + c``
-steps for segments of ``c``, at the price of one more forward pass, with the same result.
+The objective's gradient ``dM/dw_K`` is taken first and then carried back through the unroll.
+``M`` can be a sum of terms (one per dev batch, say) whose gradients are taken one after the
+other, so that only one term's graph is held next to the unroll's. Memory grows with ``K``.
+`hypergradient` can instead keep only the states at segment boundaries and recompute each segment
+during the backward pass (checkpointing): memory ~ ``K / c + c`` steps for segments of ``c``, at
+the price of one more forward pass, with the same result.
 
 `SGD` and `Adam` reproduce ``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay) and
 ``torch.optim.Adam`` / ``AdamW``; `inner_optimizer` reads the update rule of a torch optimizer and
@@ -37,6 +40,7 @@ __all__ = [
     "Hypergradient",
     "InnerOptimizer",
     "InnerState",
+    "Objective",
     "hypergradient",
     "inner_optimizer",
     "mirror_optimizer",
@@ -46,6 +50,8 @@ __all__ = [
 Params = dict[str, Tensor]
 LossFn = Callable[[Params, int, Any], Tensor]
 """``loss_fn(params, k, batch)``: the scalar training loss of inner step ``k`` (0-based)."""
+Objective = Callable[[Params], Tensor] | Sequence[Callable[[Params], Tensor]]
+"""``M(w)``, or the terms ``M_i(w)`` of ``M = sum_i M_i``: scalar functions of the parameters."""
 
 
 @dataclass(frozen=True)
@@ -322,7 +328,7 @@ class Hypergradient(NamedTuple):
 
 def hypergradient(
     loss_fn: LossFn,
-    objective: Callable[[Params], Tensor],
+    objective: Objective,
     params: Mapping[str, Tensor],
     state: InnerState,
     optimizer: InnerOptimizer,
@@ -333,6 +339,8 @@ def hypergradient(
     """``M(w_K)`` after `unroll` from ``params`` and its exact gradient for ``hyperparameters``.
 
     ``params`` and ``state`` are the starting point, a constant of the hyperparameters.
+    ``objective`` is ``M`` or the list of its terms; each term is evaluated and differentiated
+    in turn, so a dev set given as one term per batch holds one batch's graph at a time.
     ``checkpoint_every=c`` recomputes the unroll in segments of ``c`` steps during the backward
     pass instead of keeping its whole graph; the random number generator is replayed, so
     dropout draws the same masks and the gradient is the same.
@@ -340,7 +348,14 @@ def hypergradient(
     Returns:
         The objective, one gradient per hyperparameter (zeros where unused) and where the unroll
         ended, all detached.
+
+    Raises:
+        ValueError: ``objective`` is an empty list, or ``checkpoint_every`` is not a positive
+            integer.
     """
+    terms = [objective] if callable(objective) else list(objective)
+    if not terms:
+        raise ValueError("objective must be a function of the parameters or a non-empty list")
     if checkpoint_every is not None:
         check_positive_int("checkpoint_every", checkpoint_every)
     start = {name: value.detach() for name, value in params.items()}
@@ -348,10 +363,12 @@ def hypergradient(
     if checkpoint_every is None or checkpoint_every >= len(batches):
         leaves = {name: value.requires_grad_() for name, value in start.items()}
         final, final_state = unroll(loss_fn, leaves, state, optimizer, batches)
-        value = objective(final)
-        grads = torch.autograd.grad(value, list(hyperparameters), allow_unused=True)
+        value, adjoint = _objective_and_gradient(terms, final)
+        grads = torch.autograd.grad(
+            list(final.values()), list(hyperparameters), grad_outputs=adjoint, allow_unused=True
+        )
         return Hypergradient(
-            value.detach(),
+            value,
             _zeros_for_unused(grads, hyperparameters),
             {name: param.detach() for name, param in final.items()},
             final_state.replace_tensors([buffer.detach() for buffer in final_state.tensors()]),
@@ -364,9 +381,7 @@ def hypergradient(
         segment = batches[first : first + checkpoint_every]
         current, state = unroll(loss_fn, current, state, optimizer, segment, False, first)
     final_state = state
-    final = {name: value.requires_grad_() for name, value in current.items()}
-    value = objective(final)
-    adjoint = list(torch.autograd.grad(value, list(final.values())))
+    value, adjoint = _objective_and_gradient(terms, current)
     adjoint += [torch.zeros_like(buffer) for buffer in state.tensors()]
     totals = [torch.zeros_like(hyper) for hyper in hyperparameters]
     for first, begin, begin_state, rng_state in reversed(boundaries):
@@ -391,7 +406,23 @@ def hypergradient(
                 totals, _zeros_for_unused(grads[len(inputs) :], hyperparameters), strict=True
             )
         ]
-    return Hypergradient(value.detach(), totals, current, final_state)
+    return Hypergradient(value, totals, current, final_state)
+
+
+def _objective_and_gradient(
+    terms: Sequence[Callable[[Params], Tensor]], params: Mapping[str, Tensor]
+) -> tuple[Tensor, list[Tensor]]:
+    """``M(w) = sum_i M_i(w)`` and ``dM/dw`` (detached), one term's graph at a time."""
+    leaves = {name: value.detach().requires_grad_() for name, value in params.items()}
+    values, gradient = [], [torch.zeros_like(leaf) for leaf in leaves.values()]
+    for term in terms:
+        value = term(leaves)
+        grads = torch.autograd.grad(
+            value, list(leaves.values()), allow_unused=True, materialize_grads=True
+        )
+        values.append(value.detach())
+        gradient = [total + grad for total, grad in zip(gradient, grads, strict=True)]
+    return torch.stack(values).sum(), gradient
 
 
 def _cuda_devices() -> list[int]:

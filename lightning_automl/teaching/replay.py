@@ -98,13 +98,19 @@ def dev_objective_fn(
     dev: Sequence[Pair],
     kind: DevObjective,
     sharpness: float,
-) -> Callable[[Params], Tensor]:
-    """``objective(params)``: `dev_objective` of the student at ``params`` (in eval mode) over
-    all the ``dev`` batches."""
-    target = torch.cat([target for _, target in dev])
+) -> list[Callable[[Params], Tensor]]:
+    """The terms ``M_i(params)`` of `dev_objective` of the student at ``params`` (in eval mode)
+    over all the ``dev`` batches, one per batch: batch ``i``'s mean weighted by its share of
+    the samples, so that they sum to the mean over all of them and `core.unroll.hypergradient`
+    holds one batch's graph at a time."""
+    total = sum(len(target) for _, target in dev)
 
-    def objective(params: Params) -> Tensor:
-        logits = _dev_logits(student, dev, (params, buffers))
-        return dev_objective(logits, target, kind, sharpness)
+    def term(inputs: Any, target: Tensor) -> Callable[[Params], Tensor]:
+        def objective(params: Params) -> Tensor:
+            with evaluation_mode(student):
+                logits = functional_call(student, (params, buffers), (inputs,))
+            return dev_objective(logits, target, kind, sharpness) * (len(target) / total)
 
-    return objective
+        return objective
+
+    return [term(inputs, target) for inputs, target in dev]
