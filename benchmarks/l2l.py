@@ -161,22 +161,21 @@ def lstm_flops_per_coordinate(optimizer: LSTMOptimizer) -> int:
     return flops + 2 * hidden  # the linear output
 
 
-def seconds_per_call(function: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``function()`` over ``repeats`` calls, after one warm-up call."""
+def wall_time(function: Callable[[], object]) -> float:
+    """Seconds that one call of ``function()`` takes."""
+    start = time.perf_counter()
     function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
 
 
 def speed(pretrained: str | None, quick: bool) -> dict:
-    """``step()`` time against Adam and the LSTM's GFLOP/s against ``torch.matmul``'s."""
+    """``step()`` time against Adam and the LSTM's GFLOP/s against ``torch.matmul``'s.
+
+    The matmul is timed in turn with the LSTM's steps (a matmul, a step, a matmul, ...), and
+    each ratio is of medians, so that the machine's load at the time weighs on both alike."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matmul_gflops = 2 * 2048**3 / seconds_per_call(lambda: a @ b, 5) / 1e9
-    result: dict = {"matmul_gflops": matmul_gflops}
+    result: dict = {}
+    matmul_times: list[float] = []
     for size in SPEED_SIZES[:2] if quick else SPEED_SIZES:
         params = [nn.Parameter(torch.randn(size // 4)) for _ in range(4)]
         for param in params:
@@ -186,16 +185,23 @@ def speed(pretrained: str | None, quick: bool) -> dict:
         for param, twin in zip(params, adam.param_groups[0]["params"], strict=True):
             twin.grad = param.grad.clone()
         repeats = 3 if quick else 10
-        learned_seconds = seconds_per_call(learned.step, repeats)
-        adam_seconds = seconds_per_call(adam.step, repeats)
+        for warm_up in (lambda: a @ b, learned.step, adam.step):
+            warm_up()
+        rounds = [(wall_time(lambda: a @ b), wall_time(learned.step)) for _ in range(repeats)]
+        matmul_times += [matmul for matmul, _ in rounds]
+        learned_seconds = statistics.median(step for _, step in rounds)
+        adam_seconds = statistics.median(wall_time(adam.step) for _ in range(repeats))
+        matmul_gflops = 2 * 2048**3 / statistics.median(matmul for matmul, _ in rounds) / 1e9
         gflops = lstm_flops_per_coordinate(learned) * size / learned_seconds / 1e9
         result[f"params_{size}"] = {
             "lstm_step_ms": 1e3 * learned_seconds,
             "adam_step_ms": 1e3 * adam_seconds,
             "time_ratio_to_adam": learned_seconds / adam_seconds,
             "lstm_gflops": gflops,
+            "matmul_gflops": matmul_gflops,
             "fraction_of_matmul": gflops / matmul_gflops,
         }
+    result["matmul_gflops"] = 2 * 2048**3 / statistics.median(matmul_times) / 1e9
     return result
 
 

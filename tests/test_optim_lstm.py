@@ -15,6 +15,17 @@ from lightning_automl.core.pretrained import PretrainedError
 from lightning_automl.optim import CoordinateLSTM, LSTMOptimizer
 
 
+def record_network_calls(network: CoordinateLSTM, record) -> None:
+    """Call ``record(inputs)`` with the ``(2, N)`` inputs of every `CoordinateLSTM.update_` call."""
+    update_ = network.update_
+
+    def recorded(inputs, *args):
+        record(inputs)
+        return update_(inputs, *args)
+
+    network.update_ = recorded  # type: ignore[method-assign]
+
+
 def small_model(dtype: torch.dtype = torch.float32) -> nn.Module:
     """Two parameters of different shapes: a (3, 4) weight and a (3,) bias."""
     return nn.Linear(4, 3).to(dtype)
@@ -85,11 +96,10 @@ def test_two_steps_match_the_hand_written_lstm(dtype):
         assert result.dtype == dtype
         torch.testing.assert_close(result.double(), theta, rtol=0, atol=1e-6)
     weight_state = optimizer.state[model.weight]
-    assert weight_state["hidden"].shape == (2, 12, 20) == weight_state["cell"].shape
+    assert weight_state["hidden"].shape == (2, 20, 12) == weight_state["cell"].shape
     assert weight_state["hidden"].dtype == dtype
-    torch.testing.assert_close(
-        weight_state["cell"].double(), torch.stack(cell)[:, :12], rtol=0, atol=1e-6
-    )
+    expected_cell = torch.stack(cell)[:, :12].transpose(1, 2)  # unit-major: (layers, units, N)
+    torch.testing.assert_close(weight_state["cell"].double(), expected_cell, rtol=0, atol=1e-6)
 
 
 def test_all_coordinates_of_a_small_model_go_through_the_network_in_one_call():
@@ -97,9 +107,7 @@ def test_all_coordinates_of_a_small_model_go_through_the_network_in_one_call():
     frozen = nn.Parameter(torch.ones(5))
     optimizer = LSTMOptimizer([*model.parameters(), frozen])
     batch_sizes = []
-    optimizer.network.register_forward_hook(
-        lambda module, args, output: batch_sizes.append(args[0].numel())
-    )
+    record_network_calls(optimizer.network, lambda inputs: batch_sizes.append(inputs.shape[1]))
     for _ in range(3):
         optimizer.zero_grad()
         model(torch.randn(6, 4)).square().sum().backward()
@@ -126,7 +134,7 @@ def test_chunked_steps_equal_one_call_of_the_network_on_all_coordinates(monkeypa
         after = torch.cat([p.detach().flatten() for p in params])
         torch.testing.assert_close(after, before + update)
         for key, expected in (("hidden", hidden), ("cell", cell)):
-            states = torch.cat([optimizer.state[p][key] for p in params], dim=1)
+            states = torch.cat([optimizer.state[p][key] for p in params], dim=2)
             torch.testing.assert_close(states, expected)
 
 
@@ -276,7 +284,7 @@ class LSTMClassifier(TinyClassifier):
     def configure_optimizers(self):
         optimizer = LSTMOptimizer(self.parameters())
         self.network_calls = 0
-        optimizer.network.register_forward_hook(lambda *args: self.count_network_call())
+        record_network_calls(optimizer.network, lambda inputs: self.count_network_call())
         return optimizer
 
     def count_network_call(self) -> None:
@@ -295,7 +303,7 @@ def test_lightning_fit_steps_once_per_optimizer_step(accumulate_grad_batches):
     assert trainer.global_step == model.network_calls == 8 // accumulate_grad_batches
     assert not torch.equal(model.layer.weight, before)
     optimizer = trainer.optimizers[0]
-    assert optimizer.state[model.layer.weight]["hidden"].shape == (2, 24, 20)
+    assert optimizer.state[model.layer.weight]["hidden"].shape == (2, 20, 24)
 
 
 def test_lightning_cli_builds_it_from_the_optimizer_key(tmp_path):

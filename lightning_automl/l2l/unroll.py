@@ -102,8 +102,8 @@ class InnerState:
     Attributes:
         theta: ``(N,)`` parameters ``theta_t`` of all tasks.
         grad: ``(N,)`` gradient ``grad_t`` of the losses at ``theta_t``, the next input of ``m``.
-        hidden: ``(num_layers, N, hidden_size)`` LSTM hidden states ``h_t``.
-        cell: ``(num_layers, N, hidden_size)`` LSTM cell states.
+        hidden: ``(num_layers, hidden_size, N)`` LSTM hidden states ``h_t``.
+        cell: ``(num_layers, hidden_size, N)`` LSTM cell states.
         step: Inner steps taken since ``theta_0``.
     """
 

@@ -25,6 +25,7 @@ from lightning_automl.core.validation import (
 __all__ = [
     "PAPER_CONFIG",
     "CoordinateLSTM",
+    "LayerWeights",
     "build_coordinate_lstm",
     "check_coordinate_lstm_config",
     "preprocess_gradient",
@@ -50,28 +51,39 @@ def check_coordinate_lstm_config(
 
 
 def preprocess_gradient(grad: Tensor, p: float) -> Tensor:
-    """The paper's preprocessing of ``(N,)`` gradients into ``(N, 2)`` LSTM inputs (appendix A).
+    """The paper's preprocessing of ``(N,)`` gradients into ``(2, N)`` LSTM inputs (appendix A).
 
     ``g -> (log|g| / p, sign(g))`` if ``|g| >= exp(-p)``, else ``(-1, exp(p) g)``: both inputs
     stay of order one over the many orders of magnitude that gradients span.
     """
-    threshold = math.exp(-p)
-    magnitude = grad.abs()
-    large = magnitude >= threshold
-    # The clamp keeps log finite (and its gradient defined) where the small branch is taken.
-    log_magnitude = torch.where(large, magnitude.clamp_min(threshold).log() / p, -1.0)
-    sign_or_scaled = torch.where(large, grad.sign(), grad * math.exp(p))
-    return torch.stack([log_magnitude, sign_or_scaled], dim=-1)  # (N, 2)
+    # Clamps give both branches (values and derivatives) without masks: where |g| < exp(-p),
+    # log(exp(-p)) / p = -1, and |exp(p) g| >= 1 where |g| >= exp(-p), up to rounding at the
+    # threshold itself.
+    log_magnitude = grad.abs().clamp_min(math.exp(-p)).log() / p
+    sign_or_scaled = (grad * math.exp(p)).clamp(-1.0, 1.0)
+    return torch.stack([log_magnitude, sign_or_scaled])  # (2, N)
+
+
+LayerWeights = tuple[Tensor, Tensor, Tensor]
+"""One LSTM layer's ``(W_ih, W_hh, b)``, gate rows in the order input, forget, output, cell."""
 
 
 class CoordinateLSTM(PretrainedMixin, nn.Module):
     """``m(grad_t, h_t; phi)``: a stacked LSTM and a linear output, shared by all coordinates.
 
-    Every coordinate of every optimizee tensor is one row of the batch and keeps its own hidden
-    and cell states, so the network has a few thousand parameters whatever the optimizee's size
-    (section 2.1). The update is ``g_t = output_scale * linear(h_top)``. The preprocessing runs in
-    the wider of the gradient's and the network's dtype, the LSTM and the output in the
-    network's dtype (float32 unless converted), which ``hidden`` and ``cell`` must have.
+    Every coordinate of every optimizee tensor is one column of the batch and keeps its own
+    hidden and cell states, so the network has a few thousand parameters whatever the
+    optimizee's size (section 2.1). The update is ``g_t = output_scale * linear(h_top)``.
+
+    The states are unit-major, ``(num_layers, hidden_size, N)``: each gate is then a contiguous
+    block of the ``(4 hidden_size, N)`` gate matrix, which the activations read at full vector
+    width (the ``(N, 4 hidden_size)`` layout of ``nn.LSTM`` makes them strided, about four times
+    slower on CPU). The weights are kept in an ``nn.LSTM`` (its initialisation and parameter
+    names), whose gate equations `forward` and `update_` compute in that layout.
+
+    The preprocessing runs in the wider of the gradient's and the network's dtype, the LSTM and
+    the output in the network's dtype (float32 unless converted), which ``hidden`` and ``cell``
+    must have.
 
     Args:
         hidden_size: Units per LSTM layer (20 in the paper).
@@ -117,27 +129,84 @@ class CoordinateLSTM(PretrainedMixin, nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Zero hidden and cell states, each ``(num_layers, num_coordinates, hidden_size)``."""
-        shape = (self.num_layers, num_coordinates, self.hidden_size)
+        """Zero hidden and cell states, each ``(num_layers, hidden_size, num_coordinates)``."""
+        shape = (self.num_layers, self.hidden_size, num_coordinates)
         hidden = torch.zeros(shape, dtype=dtype or self.dtype, device=device)
         return hidden, torch.zeros_like(hidden)
 
+    def features(self, grad: Tensor) -> Tensor:
+        """The ``(2, N)`` LSTM inputs of the ``(N,)`` gradients, in the network's dtype."""
+        grad = grad.to(torch.promote_types(grad.dtype, self.dtype))
+        return preprocess_gradient(grad, self.preprocess_p).to(self.dtype)
+
+    def layer_weights(self) -> list[LayerWeights]:
+        """Each layer's weights, the three sigmoid gates' rows first (``nn.LSTM`` has input,
+        forget, cell, output), so that one call activates them."""
+        h = self.hidden_size
+        order = torch.cat(
+            [torch.arange(2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)]
+        )
+        weights = []
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (
+                getattr(self.lstm, f"{name}_l{layer}")
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            weights.append((w_ih[order], w_hh[order], (b_ih + b_hh)[order, None]))
+        return weights
+
     def forward(self, grad: Tensor, hidden: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One optimizer step for ``N`` coordinates.
+        """One optimizer step for ``N`` coordinates, differentiable (for meta-training).
 
         Args:
             grad: ``(N,)`` gradients, one per coordinate.
-            hidden: ``(num_layers, N, hidden_size)`` hidden states ``h_t``.
-            cell: ``(num_layers, N, hidden_size)`` cell states.
+            hidden: ``(num_layers, hidden_size, N)`` hidden states ``h_t``.
+            cell: ``(num_layers, hidden_size, N)`` cell states.
 
         Returns:
             The ``(N,)`` updates ``g_t`` and the next hidden and cell states.
         """
-        grad = grad.to(torch.promote_types(grad.dtype, self.dtype))
-        features = preprocess_gradient(grad, self.preprocess_p).to(self.dtype)  # (N, 2)
-        output, (hidden, cell) = self.lstm(features.unsqueeze(0), (hidden, cell))  # (1, N, H)
-        update = self.head(output.squeeze(0)).squeeze(-1) * self.output_scale  # (N,)
-        return update, hidden, cell
+        inputs = self.features(grad)
+        next_hidden, next_cell = [], []
+        for layer, weights in enumerate(self.layer_weights()):
+            gates = _gates(weights, inputs, hidden[layer])
+            input_gate, forget_gate, output_gate = gates[: 3 * self.hidden_size].sigmoid().chunk(3)
+            candidate = gates[3 * self.hidden_size :].tanh()
+            next_cell.append(torch.addcmul(forget_gate * cell[layer], input_gate, candidate))
+            inputs = output_gate * next_cell[-1].tanh()
+            next_hidden.append(inputs)
+        return self._update(inputs), torch.stack(next_hidden), torch.stack(next_cell)
+
+    @torch.no_grad()
+    def update_(
+        self, inputs: Tensor, hidden: Tensor, cell: Tensor, weights: list[LayerWeights]
+    ) -> Tensor:
+        """`forward` without autograd, writing the next states into ``hidden`` and ``cell``.
+
+        ``inputs`` are the `features` of the gradients, ``weights`` `layer_weights`' (computed
+        once for many calls); the activations are taken in place too, so a call allocates little
+        beyond its gate matrix. Returns the ``(N,)`` updates.
+        """
+        for layer, layer_weights in enumerate(weights):
+            gates = _gates(layer_weights, inputs, hidden[layer])
+            gates[: 3 * self.hidden_size].sigmoid_()
+            gates[3 * self.hidden_size :].tanh_()
+            input_gate, forget_gate, output_gate, candidate = gates.chunk(4)
+            next_cell = cell[layer].mul_(forget_gate).addcmul_(input_gate, candidate)
+            inputs = torch.mul(output_gate, next_cell.tanh(), out=hidden[layer])
+        return self._update(inputs)
+
+    def _update(self, top_hidden: Tensor) -> Tensor:
+        """``g_t = output_scale * linear(h_top)`` for ``(hidden_size, N)`` top hidden states."""
+        scale = self.output_scale
+        bias, weight = self.head.bias[:, None], self.head.weight
+        return torch.addmm(bias, weight, top_hidden, beta=scale, alpha=scale).squeeze(0)
+
+
+def _gates(weights: LayerWeights, inputs: Tensor, hidden: Tensor) -> Tensor:
+    """The ``(4 hidden_size, N)`` gate pre-activations ``W_ih x + W_hh h + b``."""
+    w_ih, w_hh, bias = weights
+    return torch.addmm(bias, w_ih, inputs).addmm_(w_hh, hidden)
 
 
 def build_coordinate_lstm(
