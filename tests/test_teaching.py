@@ -22,7 +22,7 @@ from lightning_automl.teaching import (
     ParametricLoss,
     dev_objective,
 )
-from lightning_automl.teaching.replay import dev_objective_fn
+from lightning_automl.teaching.replay import dev_objective_fn, student_forward
 
 
 def test_parametric_loss_at_identity_is_the_sigmoid_surrogate_mixed_with_cross_entropy() -> None:
@@ -162,6 +162,22 @@ def test_dev_objective_terms_sum_to_the_objective_over_all_batches(kind) -> None
     assert len(terms) == 3
     torch.testing.assert_close(sum(term(params) for term in terms), whole)
     assert student.training  # each term runs the student in evaluation mode and restores it
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_student_forward_uses_the_given_tensors_for_every_use_of_a_tied_weight(tied) -> None:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    if tied:
+        student[2].weight = student[0].weight  # one tensor under two names
+    params = {name: p.detach() + 0.5 for name, p in student.named_parameters()}
+    expected = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    with torch.no_grad():
+        for name, _ in student.named_parameters(remove_duplicate=False):
+            canonical = "0.weight" if tied and name == "2.weight" else name
+            expected.get_parameter(name).copy_(params[canonical])
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(student_forward(student)(params, {}, x), expected(x))
 
 
 class DevCrossEntropy(Callback):

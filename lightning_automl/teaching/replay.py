@@ -24,6 +24,7 @@ __all__ = [
     "dev_objective",
     "dev_objective_fn",
     "dev_summary",
+    "student_forward",
     "taught_loss_fn",
 ]
 
@@ -48,6 +49,26 @@ def dev_objective(logits: Tensor, target: Tensor, kind: DevObjective, sharpness:
     return (2 * torch.sigmoid(sharpness * gap) - 1).mean()
 
 
+StudentForward = Callable[[Params, dict[str, Tensor], Any], Tensor]
+
+
+def student_forward(student: nn.Module) -> StudentForward:
+    """``forward(params, buffers, inputs)``: the student's output computed with the given
+    tensors (`torch.func.functional_call`). ``functional_call`` looks for tied weights at every
+    call, a walk over all the submodules that costs a small student as much as a layer; this
+    checks once, and asks for the search only if the student has some."""
+    named = [
+        *student.named_parameters(remove_duplicate=False),
+        *student.named_buffers(remove_duplicate=False),
+    ]
+    tied = len({id(tensor) for _, tensor in named}) < len(named)
+
+    def forward(params: Params, buffers: dict[str, Tensor], inputs: Any) -> Tensor:
+        return functional_call(student, (params, buffers), (inputs,), tie_weights=tied)
+
+    return forward
+
+
 def taught_loss_fn(
     teacher: LossTeacher,
     student: nn.Module,
@@ -61,11 +82,13 @@ def taught_loss_fn(
     teacher's parameters). ``buffers`` (e.g. BatchNorm statistics) are the student's, copied.
     ``observe``, if given, receives the `classification_summary` of every micro-batch."""
 
+    forward = student_forward(student)
+
     def loss_fn(params: Params, k: int, pairs: Sequence[Pair]) -> Tensor:
         weight, bias = teacher(features_at(k))
         losses = []
         for inputs, target in pairs:
-            logits = functional_call(student, (params, buffers), (inputs,))
+            logits = forward(params, buffers, inputs)
             if observe is not None:
                 observe(classification_summary(logits, target))
             losses.append(teacher.loss(logits, target, weight, bias))
@@ -80,7 +103,8 @@ def _dev_logits(student: nn.Module, dev: Sequence[Pair], state: Any = None) -> T
     with evaluation_mode(student):
         if state is None:
             return torch.cat([student(inputs) for inputs, _ in dev])
-        return torch.cat([functional_call(student, state, (inputs,)) for inputs, _ in dev])
+        forward = student_forward(student)
+        return torch.cat([forward(*state, inputs) for inputs, _ in dev])
 
 
 @torch.no_grad()
@@ -104,11 +128,12 @@ def dev_objective_fn(
     the samples, so that they sum to the mean over all of them and `core.unroll.hypergradient`
     holds one batch's graph at a time."""
     total = sum(len(target) for _, target in dev)
+    forward = student_forward(student)
 
     def term(inputs: Any, target: Tensor) -> Callable[[Params], Tensor]:
         def objective(params: Params) -> Tensor:
             with evaluation_mode(student):
-                logits = functional_call(student, (params, buffers), (inputs,))
+                logits = forward(params, buffers, inputs)
             return dev_objective(logits, target, kind, sharpness) * (len(target) / total)
 
         return objective
