@@ -103,8 +103,8 @@ def _dev_logits(student: nn.Module, dev: Sequence[Pair], state: Any = None) -> T
     with evaluation_mode(student):
         if state is None:
             return torch.cat([student(inputs) for inputs, _ in dev])
-        forward = student_forward(student)
-        return torch.cat([forward(*state, inputs) for inputs, _ in dev])
+        forward, (params, buffers) = student_forward(student), state
+        return torch.cat([forward(params, buffers, inputs) for inputs, _ in dev])
 
 
 @torch.no_grad()
