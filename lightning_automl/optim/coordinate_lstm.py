@@ -142,10 +142,8 @@ class CoordinateLSTM(PretrainedMixin, nn.Module):
     def layer_weights(self) -> list[LayerWeights]:
         """Each layer's weights, the three sigmoid gates' rows first (``nn.LSTM`` has input,
         forget, cell, output), so that one call activates them."""
-        h = self.hidden_size
-        order = torch.cat(
-            [torch.arange(2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)]
-        )
+        h, device = self.hidden_size, self.head.weight.device
+        order = torch.arange(4 * h, device=device).view(4, h)[[0, 1, 3, 2]].flatten()
         weights = []
         for layer in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = (
