@@ -10,9 +10,10 @@ and LISTA-stop: the Stage I network with a stop policy trained by Stage II
 
 Both LISTAs are `LISTARecovery`'s default LISTA-CPSS (support selection, ALISTA's analytic
 initial weights) with the same budget: 900 Adam steps of 128 samples, cosine-decayed. The
-temperatures ``beta`` and ``imitation_beta`` and the ``step_cost`` of Learning to Stop are in
-units of each sample's noise energy ``||y - A x*||^2`` (`LISTARecovery`'s ``beta_unit``), so one
-setting serves every SNR.
+temperatures ``beta`` and ``imitation_beta`` of Learning to Stop are in units of each sample's
+noise energy ``||y - A x*||^2`` (`LISTARecovery`'s ``beta_unit``), its ``step_cost`` in units of
+each sample's signal energy ``||A x*||^2`` (``step_cost_unit``): a layer is worth taking while
+it lowers the sample's NMSE by more than ``step_cost``. One setting serves every SNR.
 
     python benchmarks/lista_stop.py            # the full run (see the docs for its time)
     python benchmarks/lista_stop.py --quick    # smoke run, small budget
@@ -44,8 +45,12 @@ SNRS = (20.0, 30.0, 40.0)
 LAMBDAS = (0.003, 0.01, 0.03, 0.1, 0.2, 0.3)
 NUM_LAYERS = 20
 STAGE_EPOCHS = (3, 6)  # Stage I (also plain LISTA's epochs), Stage II
-LISTA_SETTINGS = {"num_layers": NUM_LAYERS, "lr_decay_epochs": STAGE_EPOCHS[0]}
-STOPPING = {"beta": 0.002, "imitation_beta": 0.02, "step_cost": 0.05}  # x noise energy
+LISTA_SETTINGS = {
+    "num_layers": NUM_LAYERS,
+    "lr_decay_epochs": STAGE_EPOCHS[0],
+    "step_cost_unit": "signal_energy",
+}
+STOPPING = {"beta": 0.3, "imitation_beta": 0.02, "step_cost": 3e-5}
 TEST_SAMPLES = 3000
 
 
@@ -130,7 +135,8 @@ def main() -> None:
         "lista": LISTA_SETTINGS,
         "stage_epochs": STAGE_EPOCHS,
         "training_snrs_db": SNRS,
-        "stopping_per_noise_energy": STOPPING,
+        "stopping": STOPPING,
+        "units": "beta, imitation_beta: x noise energy; step_cost: x signal energy",
         "lambdas": LAMBDAS,
     }
     report.write(results, targets, table)

@@ -151,6 +151,36 @@ def test_a_per_sample_loss_unit_scales_the_temperature_and_the_step_cost(x):
     torch.testing.assert_close(net.stage_one_loss(x, target, beta=0.5, step_cost=0.3), expected)
 
 
+class CostUnitNet(UnitNet):
+    """The step cost is in units of each sample's first input instead (shifted positive)."""
+
+    def step_cost_unit(self, x, target):
+        return x[:, 0].abs() + 1
+
+
+def test_a_step_cost_unit_of_its_own_scales_the_step_cost_only(x):
+    net, target = CostUnitNet(), torch.randn(64, 3, generator=torch.Generator().manual_seed(2))
+    losses = net.step_losses(net.stacked_steps(x), target)
+    unit, cost_unit = target.square().sum(dim=1), x[:, 0].abs() + 1
+    costs = 0.3 * torch.arange(4.0)[:, None] * cost_unit
+    expected = oracle_loss(losses + costs, 0.5, unit)
+    torch.testing.assert_close(net.stage_one_loss(x, target, beta=0.5, step_cost=0.3), expected)
+    without_cost = oracle_loss(losses, 0.5, unit)
+    torch.testing.assert_close(net.stage_one_loss(x, target, beta=0.5), without_cost)
+
+
+def test_a_bad_step_cost_unit_is_refused_when_there_is_a_step_cost(x):
+    class BadCostUnit(FullDepthNet):
+        def step_cost_unit(self, x, target):
+            return torch.zeros(64)
+
+    net = BadCostUnit()
+    net.stage_one_loss(x, torch.zeros(64, 3), beta=1.0)  # no step cost: the unit is not used
+    message = r"step_cost_unit must return positive, finite units, got \[0.0, 0.0, 0.0\]"
+    with pytest.raises(ValueError, match=message):
+        net.stage_one_loss(x, torch.zeros(64, 3), beta=1.0, step_cost=0.1)
+
+
 @pytest.mark.parametrize(
     ("unit", "message"),
     [

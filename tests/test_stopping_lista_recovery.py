@@ -58,12 +58,31 @@ def test_the_unit_of_beta_is_each_samples_noise_energy_or_one():
     assert (noise_energy == 0).any()  # samples without signal
     torch.testing.assert_close(model().loss_unit(y, x_star), noise_energy.clamp_min(floor))
     assert model(beta_unit="one").loss_unit(y, x_star) is None
-    with pytest.raises(ValueError, match=r'needs noisy measurements.*use beta_unit="one"'):
+    message = r'beta_unit="noise_energy" needs samples with a nonzero noise energy.*"one"'
+    with pytest.raises(ValueError, match=message):
         model().loss_unit(x_star @ datamodule.A.T, x_star)
     with pytest.raises(
         ValueError, match=r"beta_unit must be one of .*'noise_energy', 'one'.*got 'db'"
     ):
         model(beta_unit="db")
+
+
+def test_the_unit_of_the_step_cost_is_betas_or_each_samples_signal_energy():
+    datamodule = data(snr_db=(20.0, 40.0))
+    datamodule.setup()
+    y, x_star = datamodule.datasets["train"].tensors
+    signal_energy = (x_star @ datamodule.A.T).square().sum(1)
+    floor = 1e-6 * signal_energy.mean()
+    unit = model(step_cost_unit="signal_energy").step_cost_unit(y, x_star)
+    torch.testing.assert_close(unit, signal_energy.clamp_min(floor))
+    torch.testing.assert_close(model().step_cost_unit(y, x_star), model().loss_unit(y, x_star))
+    assert model(beta_unit="one").step_cost_unit(y, x_star) is None
+    with pytest.raises(ValueError, match=r'step_cost_unit="signal_energy" needs samples with a'):
+        model(step_cost_unit="signal_energy").step_cost_unit(y, torch.zeros_like(x_star))
+    with pytest.raises(
+        ValueError, match=r"step_cost_unit must be one of .*'beta_unit', 'signal_energy'.*got 'x'"
+    ):
+        model(step_cost_unit="x")
 
 
 def test_a_model_built_for_another_sensing_matrix_is_refused():

@@ -98,13 +98,22 @@ class AdaptiveDepthMixin:
         return None
 
     def loss_unit(self, x: Any, target: Tensor) -> Tensor | None:
-        """The unit ``(B,)`` of each sample's step losses in which ``beta`` and ``step_cost``
-        are given; ``None`` (the default): one unit for all samples.
+        """The unit ``(B,)`` of each sample's step losses in which ``beta`` (and ``step_cost``,
+        unless `step_cost_unit` says otherwise) is given; ``None`` (the default): one unit for
+        all samples.
 
         A per-sample unit (e.g. the noise energy of a measurement) gives every sample the same
         oracle whatever its scale, so one ``beta`` serves data of mixed difficulty.
         """
         return None
+
+    def step_cost_unit(self, x: Any, target: Tensor) -> Tensor | None:
+        """The unit ``(B,)`` of each sample's ``step_cost``; by default `loss_unit`'s.
+
+        E.g. each sample's signal energy: a step is then worth its cost while it lowers the
+        sample's loss by more than ``step_cost`` of that energy, whatever its noise level.
+        """
+        return self.loss_unit(x, target)
 
     def stacked_steps(self, x: Any) -> Tensor:
         """`forward_steps` as one ``(T, B, ...)`` tensor, checked for T >= 2 and equal shapes."""
@@ -199,11 +208,13 @@ class AdaptiveDepthMixin:
         with torch.set_grad_enabled(stage != 2 and torch.is_grad_enabled()):
             predictions = self.stacked_steps(x)
             step_losses = self.step_losses(predictions, target).float()  # (T, B)
-        unit = self._checked_loss_unit(x, target, step_losses.size(1))
+        batch = step_losses.size(1)
+        unit = _checked_unit("loss_unit", self.loss_unit(x, target), batch)
         if step_cost:
+            cost_unit = _checked_unit("step_cost_unit", self.step_cost_unit(x, target), batch)
             steps = torch.arange(len(step_losses), device=step_losses.device)
             cost = step_cost * steps[:, None]  # (T, 1)
-            step_losses = step_losses + (cost if unit is None else cost * unit)
+            step_losses = step_losses + (cost if cost_unit is None else cost * cost_unit)
         oracle = oracle_stop_distribution(step_losses.detach(), beta, unit)
         if stage == 1 or policy is None:
             return StageTerms(oracle_loss(step_losses, beta, unit), oracle, None)
@@ -213,23 +224,6 @@ class AdaptiveDepthMixin:
         else:
             loss = variational_loss(step_losses, stop_logits, beta, unit)
         return StageTerms(loss, oracle, stop_logits.detach())
-
-    def _checked_loss_unit(self, x: Any, target: Tensor, batch: int) -> Tensor | None:
-        unit = self.loss_unit(x, target)
-        if unit is None:
-            return None
-        if unit.shape != (batch,):
-            raise ValueError(
-                f"loss_unit must return one unit per sample, shape ({batch},), got "
-                f"{tuple(unit.shape)}"
-            )
-        unit = unit.detach().float()
-        invalid = ~((unit > 0) & unit.isfinite())
-        if invalid.any():
-            raise ValueError(
-                f"loss_unit must return positive, finite units, got {unit[invalid][:3].tolist()}"
-            )
-        return unit
 
     @torch.no_grad()
     def predict_adaptive(
@@ -294,3 +288,21 @@ class AdaptiveDepthMixin:
 def _select_samples(state: Any, rows: Tensor) -> Any:
     """The ``rows`` of every tensor in a (nested) state; other leaves as they are."""
     return tree_map(lambda v: v.index_select(0, rows) if isinstance(v, Tensor) else v, state)
+
+
+def _checked_unit(hook: str, unit: Tensor | None, batch: int) -> Tensor | None:
+    """``unit`` as float, detached, after checking that ``hook`` gave one positive, finite value
+    per sample (or ``None``)."""
+    if unit is None:
+        return None
+    if unit.shape != (batch,):
+        raise ValueError(
+            f"{hook} must return one unit per sample, shape ({batch},), got {tuple(unit.shape)}"
+        )
+    unit = unit.detach().float()
+    invalid = ~((unit > 0) & unit.isfinite())
+    if invalid.any():
+        raise ValueError(
+            f"{hook} must return positive, finite units, got {unit[invalid][:3].tolist()}"
+        )
+    return unit

@@ -21,6 +21,8 @@ __all__ = ["LISTARecovery"]
 
 BetaUnit = Literal["noise_energy", "one"]
 BETA_UNITS = get_args(BetaUnit)
+StepCostUnit = Literal["beta_unit", "signal_energy"]
+STEP_COST_UNITS = get_args(StepCostUnit)
 
 
 class LISTARecovery(AdaptiveDepthModule):
@@ -63,6 +65,10 @@ class LISTARecovery(AdaptiveDepthModule):
         beta_unit: The unit of `StopPolicyCallback`'s ``beta`` and ``step_cost`` for each
             sample: ``"noise_energy"``, its ``||y - A x*||^2``, so that one setting serves
             every SNR (see `AdaptiveDepthMixin.loss_unit`); ``"one"``: the squared error as is.
+        step_cost_unit: The unit of ``step_cost`` for each sample: ``"signal_energy"``, its
+            ``||A x*||^2``, so that a layer is worth its cost while it lowers the sample's
+            NMSE by more than ``step_cost``, whatever its SNR; ``"beta_unit"``: that of
+            ``beta``.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class LISTARecovery(AdaptiveDepthModule):
         lr_decay_epochs: int | None = None,
         policy_hidden_dims: tuple[int, ...] = (256, 128, 16),
         beta_unit: BetaUnit = "noise_energy",
+        step_cost_unit: StepCostUnit = "beta_unit",
     ) -> None:
         super().__init__()
         check_number("lr", lr, "a number > 0", lambda value: value > 0)
@@ -91,6 +98,10 @@ class LISTARecovery(AdaptiveDepthModule):
             check_positive_int("lr_decay_epochs", lr_decay_epochs)
         if beta_unit not in BETA_UNITS:
             raise ValueError(f"beta_unit must be one of {BETA_UNITS}, got {beta_unit!r}")
+        if step_cost_unit not in STEP_COST_UNITS:
+            raise ValueError(
+                f"step_cost_unit must be one of {STEP_COST_UNITS}, got {step_cost_unit!r}"
+            )
         self.save_hyperparameters()
         self.lista = LISTA(
             sensing_matrix(m, n, data_seed),
@@ -126,21 +137,20 @@ class LISTARecovery(AdaptiveDepthModule):
         return y
 
     def loss_unit(self, y: Tensor, target: Tensor) -> Tensor | None:
-        """With ``beta_unit="noise_energy"``, each sample's ``||y - A x*||^2``.
-
-        Floored at 1e-6 of the batch's mean, for a sample without signal (``x* = 0``, so no
-        noise either).
-        """
+        """With ``beta_unit="noise_energy"``, each sample's ``||y - A x*||^2``."""
         if self.hparams["beta_unit"] == "one":
             return None
-        noise_energy = (y - target @ self.lista.A.T).square().sum(dim=1)
-        floor = 1e-6 * noise_energy.mean()
-        if not floor > 0:
-            raise ValueError(
-                'beta_unit="noise_energy" needs noisy measurements, but the batch has '
-                'y = A x* exactly: use beta_unit="one"'
-            )
-        return noise_energy.clamp_min(floor)
+        return _energy(y - self._clean(target), "noise_energy", "beta_unit", "one")
+
+    def step_cost_unit(self, y: Tensor, target: Tensor) -> Tensor | None:
+        """With ``step_cost_unit="signal_energy"``, each sample's ``||A x*||^2``."""
+        if self.hparams["step_cost_unit"] == "beta_unit":
+            return self.loss_unit(y, target)
+        return _energy(self._clean(target), "signal_energy", "step_cost_unit", "beta_unit")
+
+    def _clean(self, target: Tensor) -> Tensor:
+        """The noiseless measurements ``A x*``, ``(B, m)``."""
+        return target @ self.lista.A.T
 
     def build_stop_policy(self) -> StopPolicy:
         hidden_dims = tuple(self.hparams["policy_hidden_dims"])
@@ -175,3 +185,16 @@ class LISTARecovery(AdaptiveDepthModule):
         if hparams["lr_decay_epochs"] is None:
             return optimizer
         return cosine_decay(optimizer, hparams["lr_decay_epochs"], self.trainer)
+
+
+def _energy(rows: Tensor, name: str, option: str, alternative: str) -> Tensor:
+    """``||row||^2`` of each row, floored at 1e-6 of their mean (a sample without signal has
+    neither noise nor signal energy); an error naming ``option`` when all of them are 0."""
+    energy = rows.square().sum(dim=1)
+    floor = 1e-6 * energy.mean()
+    if not floor > 0:
+        raise ValueError(
+            f'{option}="{name}" needs samples with a nonzero {name.replace("_", " ")}, but the '
+            f'batch has none: use {option}="{alternative}"'
+        )
+    return energy.clamp_min(floor)
