@@ -63,7 +63,8 @@ class AdaptiveDepthMixin:
     ``step(state, t) -> (state, prediction)`` (``state``: tensors, or nested tuples / lists /
     dicts of tensors, batch first) and set ``num_steps``; `predict_adaptive` then drops stopped
     samples from the state, so later steps run on the active samples only. Optionally
-    ``stop_summary(x)`` gives the policy a ``(B, S)`` summary of the input.
+    ``stop_summary(x)`` gives the policy a ``(B, S)`` summary of the input, and `loss_unit` /
+    `step_cost_unit` give each sample its own unit of ``beta`` and of ``step_cost``.
 
     With `StopPolicyCallback`, ``training_step`` returns ``self.adaptive_depth_loss(x, y)``
     and the callback schedules the three stages.
