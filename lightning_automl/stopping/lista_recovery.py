@@ -62,9 +62,10 @@ class LISTARecovery(AdaptiveDepthModule):
         lr_decay_epochs: Cosine decay of both learning rates to 0 over this many epochs, step by
             step (``None``: constant). With `StopPolicyCallback`, the Stage I epochs.
         policy_hidden_dims: Hidden widths of the `StopPolicy` that `build_stop_policy` returns.
-        beta_unit: The unit of `StopPolicyCallback`'s ``beta`` and ``step_cost`` for each
-            sample: ``"noise_energy"``, its ``||y - A x*||^2``, so that one setting serves
-            every SNR (see `AdaptiveDepthMixin.loss_unit`); ``"one"``: the squared error as is.
+        beta_unit: The unit of `StopPolicyCallback`'s ``beta`` (and of its ``step_cost``, with
+            ``step_cost_unit="beta_unit"``) for each sample: ``"noise_energy"``, its
+            ``||y - A x*||^2``, so that one setting serves every SNR (see
+            `AdaptiveDepthMixin.loss_unit`); ``"one"``: the squared error as is.
         step_cost_unit: The unit of ``step_cost`` for each sample: ``"signal_energy"``, its
             ``||A x*||^2``, so that a layer is worth its cost while it lowers the sample's
             NMSE by more than ``step_cost``, whatever its SNR; ``"beta_unit"``: that of
