@@ -215,6 +215,38 @@ def test_tasks_are_redrawn_after_horizon_over_unroll_steps(tmp_path):
     assert [row["step"] for row in rows if row["meta/final_loss"]] == ["2", "5"]
 
 
+class RecordSteps(Callback):
+    def __init__(self) -> None:
+        self.meta_losses: list[float] = []
+        self.inner_steps: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.meta_losses.append(float(outputs["loss"]))
+        self.inner_steps.append(pl_module.inner_state.step)
+
+
+def test_meta_loss_steps_weights_only_the_last_steps_of_the_horizon():
+    # horizon 6 in unrolls of 2, the meta-loss on steps 4..6: the segment of steps 1..2 carries
+    # no weight and runs at the start of the first training step, which then counts step 4 only.
+    module = L2LMetaModule(
+        QuadraticFamily(dim=4), num_tasks=2, horizon=6, unroll=2, meta_loss_steps=3
+    )
+    network = copy.deepcopy(module.network)
+    record = RecordSteps()
+    quiet_trainer(max_steps=3, callbacks=[record]).fit(module)
+
+    generator = seeded(0)  # the module's: seed + global_rank
+    tasks = ParallelTasks([QuadraticFamily(dim=4).sample(generator) for _ in range(2)])
+    state, _ = start_inner_loop(network, tasks)
+    with torch.no_grad():
+        losses, _ = run_unroll(network, tasks, state, 6)  # f(theta_1..6) under phi_0
+    assert record.meta_losses[0] == pytest.approx(float(losses[3].mean()), rel=1e-6)
+    assert record.inner_steps == [4, 6, 4]  # two training steps per draw of tasks
+    assert len(module.train_dataloader()) == 2
+    full = L2LMetaModule(QuadraticFamily(dim=4), horizon=6, unroll=2, meta_loss_steps=6)
+    assert len(full.train_dataloader()) == 3 and full.meta_loss_steps == 6
+
+
 @EITHER_FAMILY
 def test_resume_from_a_mid_horizon_checkpoint_is_bit_identical(family, tmp_path):
     def fit(max_steps: int, ckpt_path=None):
@@ -315,6 +347,12 @@ def test_lightning_cli_builds_it_with_a_family_class_path(tmp_path):
             ValueError,
             r"horizon must be a multiple of unroll .* got horizon=100, unroll=30",
         ),
+        (
+            {"horizon": 10, "unroll": 5, "meta_loss_steps": 11},
+            ValueError,
+            r"meta_loss_steps must be None or an integer in \[1, horizon=10\], got 11",
+        ),
+        ({"meta_loss_steps": 0}, ValueError, r"meta_loss_steps must be None or an integer"),
         ({"meta_lr": 0.0}, ValueError, r"meta_lr must be a finite number > 0, got 0.0"),
         ({"meta_lr": float("inf")}, ValueError, r"meta_lr must be a finite number > 0"),
         ({"hidden_size": 0}, ValueError, r"hidden_size must be a positive integer, got 0"),

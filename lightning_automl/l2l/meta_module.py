@@ -2,9 +2,9 @@
 
 References:
     M. Andrychowicz et al. Learning to learn by gradient descent by gradient descent.
-    NeurIPS 2016, section 2: the meta-objective ``L(phi) = E_f[sum_t w_t f(theta_t)]`` with
-    ``w_t = 1``, minimised by Adam on ``phi`` with truncated BPTT; section 3: 100 inner steps
-    split into unrolls of 20.
+    NeurIPS 2016, section 2: the meta-objective ``L(phi) = E_f[sum_t w_t f(theta_t)]`` (eq. 3)
+    with ``w_t = 1`` in the experiments, minimised by Adam on ``phi`` with truncated BPTT;
+    section 3: 100 inner steps split into unrolls of 20.
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ class L2LMetaModule(LightningModule):
     Each rank draws ``num_tasks`` tasks from ``family`` and optimises them side by side for
     ``horizon`` inner steps, ``theta_{t+1} = theta_t + m(grad_t)``, exactly as `LSTMOptimizer`
     would. One training step is one truncated-BPTT segment of ``unroll`` inner steps: its
-    meta-loss is the mean of ``f(theta_t)`` over the segment's steps and the tasks, whose
-    gradient flows through the updates and the LSTM states (the gradient inputs are detached
-    unless ``second_order``); the parameters and LSTM states carry over to the next segment,
-    cut from the graph. After ``horizon / unroll`` training steps (one epoch) the rank draws new
-    tasks. The Trainer's ``max_steps`` sets the length of meta-training. The network is a
+    meta-loss is the mean of ``f(theta_t)`` over the segment's steps (those among the last
+    ``meta_loss_steps``) and the tasks, whose gradient flows through the updates and the LSTM
+    states (the gradient inputs are detached unless ``second_order``); the parameters and LSTM
+    states carry over to the next segment, cut from the graph. After ``horizon`` inner steps
+    (one epoch) the rank draws new tasks. The Trainer's ``max_steps`` sets the length of meta-training. The network is a
     submodule, so DDP averages its meta-gradient over the ranks, whose task generators are
     seeded with ``seed + global_rank``.
 
@@ -92,6 +92,11 @@ class L2LMetaModule(LightningModule):
         horizon: Inner steps per task (100 in the paper).
         unroll: Inner steps per training step, the truncation of BPTT (20 in the paper);
             ``horizon`` must be a multiple of it.
+        meta_loss_steps: The weights ``w_t`` of eq. 3: the meta-loss is the mean of
+            ``f(theta_t)`` over the last ``meta_loss_steps`` inner steps of the horizon
+            (``w_t = 1`` there, 0 before), for an optimizer judged by where it ends.
+            Segments before them carry no meta-gradient under truncated BPTT: they run without
+            a graph at the start of the next training step. ``None``: every step (the paper).
         meta_lr: Learning rate of Adam on the network's weights.
         pretrained: Start from this shipped L2L optimizer (name or path) instead of random
             weights: fine-tuning. Its card sets the network config.
@@ -111,6 +116,7 @@ class L2LMetaModule(LightningModule):
         num_tasks: int = 32,
         horizon: int = 100,
         unroll: int = 20,
+        meta_loss_steps: int | None = None,
         meta_lr: float = 1e-3,
         pretrained: str | None = None,
         hidden_size: int | None = None,
@@ -133,6 +139,13 @@ class L2LMetaModule(LightningModule):
                 f"inner steps, and new tasks start after horizon / unroll of them), got "
                 f"horizon={horizon}, unroll={unroll}"
             )
+        if meta_loss_steps is not None:
+            check_number(
+                "meta_loss_steps",
+                meta_loss_steps,
+                f"None or an integer in [1, horizon={horizon}]",
+                lambda steps: isinstance(steps, int) and 1 <= steps <= horizon,
+            )
         check_number("meta_lr", meta_lr, "a finite number > 0", lambda lr: 0 < lr < math.inf)
         check_bool("second_order", second_order)
         check_non_negative_int("num_val_tasks", num_val_tasks)
@@ -144,6 +157,7 @@ class L2LMetaModule(LightningModule):
         self.num_tasks = num_tasks
         self.horizon = horizon
         self.unroll = unroll
+        self.meta_loss_steps = horizon if meta_loss_steps is None else meta_loss_steps
         self.meta_lr = float(meta_lr)
         self.second_order = second_order
         self.num_val_tasks = num_val_tasks
@@ -181,8 +195,12 @@ class L2LMetaModule(LightningModule):
         return torch.optim.Adam(self.network.parameters(), lr=self.meta_lr)
 
     def train_dataloader(self) -> DataLoader[int]:
-        """One epoch: the ``horizon / unroll`` training steps of one draw of tasks."""
-        return DataLoader(_StepIndices(self.horizon // self.unroll), batch_size=None)
+        """One epoch: the training steps of one draw of tasks, one per segment of ``unroll``
+        inner steps that holds some of the last ``meta_loss_steps``."""
+        unweighted_segments = (self.horizon - self.meta_loss_steps) // self.unroll
+        return DataLoader(
+            _StepIndices(self.horizon // self.unroll - unweighted_segments), batch_size=None
+        )
 
     def val_dataloader(self) -> DataLoader[int]:
         """One batch (all held-out tasks) if ``num_val_tasks``, otherwise none."""
@@ -191,11 +209,15 @@ class L2LMetaModule(LightningModule):
     def training_step(self, batch: int, batch_idx: int) -> Tensor:
         """One truncated-BPTT segment: ``unroll`` inner steps and their meta-loss."""
         tasks, state = self._current_tasks()
+        while self._weighted_steps(state.step) == 0:  # no meta-gradient: no graph
+            with torch.no_grad():
+                _, state = run_unroll(self.network, tasks, state, self.unroll)
+        weighted = self._weighted_steps(state.step)
         losses, state = run_unroll(
             self.network, tasks, state, self.unroll, self.second_order
         )  # (unroll, num_tasks)
         self._state = state.detach()
-        meta_loss = losses.mean()
+        meta_loss = losses[-weighted:].mean()
         self.log("meta/loss", meta_loss, prog_bar=True, sync_dist=True, batch_size=self.num_tasks)
         if state.step == self.horizon:
             self.log(
@@ -249,6 +271,12 @@ class L2LMetaModule(LightningModule):
         """Keeps the saved inner loop; the first training step restores this rank's row."""
         self._generator = self._tasks = self._state = None
         self._checkpointed_inner_loop = checkpoint.get(INNER_LOOP_KEY)
+
+    def _weighted_steps(self, step: int) -> int:
+        """How many of the ``unroll`` steps after inner step ``step`` the meta-loss counts
+        (they are the segment's last ones)."""
+        first_weighted = self.horizon - self.meta_loss_steps + 1
+        return max(0, min(self.unroll, step + self.unroll - first_weighted + 1))
 
     def _current_tasks(self) -> tuple[ParallelTasks, InnerState]:
         """The tasks and state to unroll next: restored, continued, or freshly drawn."""
