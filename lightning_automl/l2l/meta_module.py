@@ -68,9 +68,9 @@ class L2LMetaModule(LightningModule):
     ``meta_loss_steps``) and the tasks, whose gradient flows through the updates and the LSTM
     states (the gradient inputs are detached unless ``second_order``); the parameters and LSTM
     states carry over to the next segment, cut from the graph. After ``horizon`` inner steps
-    (one epoch) the rank draws new tasks. The Trainer's ``max_steps`` sets the length of meta-training. The network is a
-    submodule, so DDP averages its meta-gradient over the ranks, whose task generators are
-    seeded with ``seed + global_rank``.
+    (one epoch) the rank draws new tasks. The Trainer's ``max_steps`` sets the length of
+    meta-training. The network is a submodule, so DDP averages its meta-gradient over the
+    ranks, whose task generators are seeded with ``seed + global_rank``.
 
     Logged: ``meta/loss`` (the meta-loss, every step), ``meta/final_loss`` (mean loss at the end
     of the horizon, on the step that reaches it) and, with ``num_val_tasks``, ``val/final_loss``:
