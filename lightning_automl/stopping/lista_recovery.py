@@ -146,7 +146,7 @@ class LISTARecovery(AdaptiveDepthModule):
     def step_cost_unit(self, y: Tensor, target: Tensor) -> Tensor | None:
         """With ``step_cost_unit="signal_energy"``, each sample's ``||A x*||^2``."""
         if self.hparams["step_cost_unit"] == "beta_unit":
-            return self.loss_unit(y, target)
+            return super().step_cost_unit(y, target)  # the mixin's default: loss_unit's
         return _energy(self._clean(target), "signal_energy", "step_cost_unit", "beta_unit")
 
     def _clean(self, target: Tensor) -> Tensor:
