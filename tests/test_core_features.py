@@ -56,3 +56,15 @@ def test_moving_average_is_bias_corrected() -> None:
     torch.testing.assert_close(restored.value, average.value)
     with pytest.raises(ValueError, match=r"decay must be a number in \[0, 1\)"):
         ExponentialMovingAverage(1.0)
+
+
+def test_moving_average_extends_by_many_observations_as_by_each_in_turn() -> None:
+    torch.manual_seed(0)
+    first, more = torch.randn(3), torch.randn(5, 3)
+    one_by_one, at_once = ExponentialMovingAverage(0.8), ExponentialMovingAverage(0.8)
+    for value in (first, *more):
+        one_by_one.update(value)
+    at_once.update(first)
+    at_once.extend(more)
+    torch.testing.assert_close(at_once.value, one_by_one.value)
+    assert at_once.weight == pytest.approx(one_by_one.weight)

@@ -21,6 +21,7 @@ from lightning_automl.teaching import (
     LossTeacherCallback,
     ParametricLoss,
     dev_objective,
+    teacher_features,
 )
 from lightning_automl.teaching.replay import dev_objective_fn, student_forward
 
@@ -74,6 +75,22 @@ def test_untrained_teacher_gives_identity_coefficients_for_any_state() -> None:
         weight, bias = teacher(torch.randn(len(TEACHER_FEATURES)))
         torch.testing.assert_close(weight, torch.eye(4))
         torch.testing.assert_close(bias, torch.zeros(4))
+
+
+def test_teacher_sets_each_state_of_a_batch_as_it_sets_that_state_alone() -> None:
+    torch.manual_seed(0)
+    teacher = LossTeacher(num_classes=4)
+    with torch.no_grad():
+        teacher.head.weight.normal_()  # away from the identity it starts at
+    states = teacher_features(torch.rand(6), torch.rand(4), torch.rand(4))
+    weights, biases = teacher(states)
+    assert weights.shape == (6, 4, 4) and biases.shape == (6, 4)
+    for state, weight, bias in zip(states, weights, biases, strict=True):
+        alone = teacher(state)
+        torch.testing.assert_close(weight, alone[0])
+        torch.testing.assert_close(bias, alone[1])
+    row = teacher_features(float(states[2, 0]), *states[2, 1:].split(4))
+    torch.testing.assert_close(row, states[2])
 
 
 def test_teacher_round_trips_through_the_registry(tmp_path) -> None:
@@ -226,6 +243,35 @@ def test_replay_reproduces_the_students_real_updates(optimizer, lr, accumulate) 
     for logged, real in check.pairs:
         assert logged == pytest.approx(real, rel=1e-5)
     assert not torch.equal(teacher.teacher.base_weight, torch.eye(3))  # the teacher learned
+
+
+def test_each_step_is_taught_with_the_coefficients_of_its_own_state() -> None:
+    # The callback sets the coefficients of all the steps until a refresh in one teacher pass.
+    seen = []
+
+    class Recording(TinyTaughtClassifier):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            logits = self(x)
+            teacher = self._loss_teacher
+            state = teacher.features(self.trainer.global_step)
+            seen.append((teacher.teacher.taught_loss(logits, y, state), state[0]))
+            return self.taught_loss(logits, y)
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            seen[-1] = (outputs["loss"], *seen[-1])
+
+    seed_everything(0)
+    callback = LossTeacherCallback(
+        num_classes=3, frozen=True, unroll_steps=1, update_every_n_steps=3
+    )
+    with torch.no_grad():
+        callback.teacher.head.weight.normal_()  # coefficients that change with the progress
+    trainer = quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0)
+    trainer.fit(Recording(), TinyDataModule())
+    assert len(seen) == 16 and len({float(progress) for _, _, progress in seen}) == 16
+    for taught, expected, _ in seen:
+        torch.testing.assert_close(taught.detach(), expected.detach())
 
 
 class ParametricLossClassifier(TinyTaughtClassifier):

@@ -51,21 +51,27 @@ def classification_summaries(logits: Sequence[Tensor], targets: Sequence[Tensor]
     One pass over all their samples: cheaper than ``n`` calls when the batches are small.
     """
     per_sample = _per_sample_summary(torch.cat(list(logits)), torch.cat(list(targets)))
-    sizes = [len(target) for target in targets]
-    return torch.stack([part.mean(0) for part in per_sample.split(sizes)])
+    sizes = torch.tensor([len(target) for target in targets], device=per_sample.device)
+    batch_of_sample = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+    sums = per_sample.new_zeros(len(sizes), per_sample.shape[1]).index_add_(
+        0, batch_of_sample, per_sample
+    )
+    return sums / sizes[:, None]
 
 
 def _per_sample_summary(logits: Tensor, target: Tensor) -> Tensor:
     """`classification_summary`'s four quantities for each sample, ``(B, 4)``."""
-    logits = logits.detach().float()
-    log_c = math.log(logits.shape[-1])
-    log_probs = F.log_softmax(logits, dim=-1)
+    # Reductions over the classes run along the first dimension of the transposed (C, B) view:
+    # with few classes that is up to three times faster on CPU than along the last one.
+    scores = logits.detach().float().T
+    log_c = math.log(scores.shape[0])
+    log_probs = F.log_softmax(scores, dim=0)
     probs = log_probs.exp()
-    target_log_prob = log_probs.gather(-1, target[:, None]).squeeze(-1)
-    others = probs.scatter(-1, target[:, None], -1.0)
-    correct = (logits.argmax(-1) == target).float()
-    margin = target_log_prob.exp() - others.max(-1).values
-    entropy = -(probs * log_probs).sum(-1)
+    target_log_prob = log_probs.gather(0, target[None]).squeeze(0)
+    others = probs.scatter(0, target[None], -1.0)
+    correct = (scores.argmax(0) == target).float()
+    margin = target_log_prob.exp() - others.amax(0)
+    entropy = -(probs * log_probs).sum(0)
     return torch.stack([-target_log_prob / log_c, correct, margin, entropy / log_c], dim=-1)
 
 
@@ -87,10 +93,18 @@ class ExponentialMovingAverage:
 
     def update(self, value: Tensor) -> None:
         """Add one observation."""
-        value = value.detach()
-        previous = torch.zeros_like(value) if self.total is None else self.total
-        self.total = self.decay * previous + (1 - self.decay) * value
-        self.weight = self.decay * self.weight + (1 - self.decay)
+        self.extend(value[None])
+
+    def extend(self, values: Tensor) -> None:
+        """Add the observations ``values[0], values[1], ...`` in this order, in one pass:
+        ``m_{t+n} = decay^n m_t + (1 - decay) sum_i decay^(n-1-i) values[i]``."""
+        values = values.detach()
+        count = len(values)
+        powers = self.decay ** torch.arange(count - 1, -1, -1, dtype=values.dtype)
+        added = (1 - self.decay) * torch.tensordot(powers.to(values.device), values, 1)
+        kept = self.decay**count
+        self.total = added if self.total is None else kept * self.total + added
+        self.weight = kept * self.weight + (1 - kept)
 
     @property
     def value(self) -> Tensor | None:

@@ -30,6 +30,10 @@ from lightning_automl.teaching.teacher import LossTeacher, teacher_features
 
 __all__ = ["LossTeacherCallback", "first_validation_batches"]
 
+COEFFICIENT_TABLE_ENTRIES = 2**20
+"""At most this many numbers in the coefficients `LossTeacherCallback` computes ahead for the
+steps until its next refresh (one teacher pass for all of them); at least one step's."""
+
 PENDING_TRAIN_BATCHES = 64
 """Training batches whose logits `LossTeacherCallback` keeps before it summarises them together
 for the features: one pass for many small batches, with bounded memory however rarely the
@@ -163,31 +167,29 @@ class LossTeacherCallback(Callback):
         self._summaries: dict[str, Tensor] | None = None  # "train" / "dev" at the last refresh
         self._window: dict[str, Any] | None = None  # the student updates the next update replays
         self._last_step = 0  # the trainer's global step at the last on_train_batch_end
-        self._coefficients: tuple[int, tuple[Tensor, Tensor]] | None = None
+        self._coefficients: tuple[int, Tensor, Tensor] | None = None  # (first step, W's, b's)
         self._restored = False  # load_state_dict ran: the fit resumes this run
 
     # -- the student's loss -------------------------------------------------------------------
 
-    def features(self, step: int) -> Tensor:
-        """The teacher's input ``s_t`` at optimizer step ``step``."""
+    def features(self, step: int | Tensor) -> Tensor:
+        """The teacher's input ``s_t`` at optimizer step ``step``, or one row per step of a
+        tensor of steps."""
         if self._summaries is None:
             raise RuntimeError("the teacher's features exist once Trainer.fit has started")
-        progress = min(step / self._total_steps, 1.0)
+        progress = (torch.as_tensor(step, dtype=torch.float64) / self._total_steps).clamp(max=1)
         return teacher_features(progress, self._summaries["train"], self._summaries["dev"])
 
     def taught_loss(
         self, student: LightningModule, logits: Tensor, target: Tensor, reduction: Reduction
     ) -> Tensor:
         """The student's loss at its current step; training batches also feed the features."""
-        step = student.trainer.global_step
-        if self._coefficients is None or self._coefficients[0] != step:
-            with torch.no_grad():
-                self._coefficients = (step, self.teacher(self.features(step)))
+        weight, bias = self._coefficients_at(student.trainer.global_step)
         if student.training and torch.is_grad_enabled():  # summarised later, many at once
             self._train_outputs.append((logits.detach(), target))
             if len(self._train_outputs) == PENDING_TRAIN_BATCHES:
                 self._summarise_train_outputs()
-        return self.teacher.loss(logits, target, *self._coefficients[1], reduction)
+        return self.teacher.loss(logits, target, weight, bias, reduction)
 
     # -- Lightning hooks ----------------------------------------------------------------------
 
@@ -312,11 +314,26 @@ class LossTeacherCallback(Callback):
         }
         self._coefficients = None
 
+    @torch.no_grad()
+    def _coefficients_at(self, step: int) -> tuple[Tensor, Tensor]:
+        """``phi_t = mu_theta(s_t)`` at optimizer step ``step``. The features change only with
+        the progress until the next refresh, so one teacher pass sets the coefficients of all
+        the steps until then (at most `COEFFICIENT_TABLE_ENTRIES` numbers)."""
+        table = self._coefficients
+        if table is None or not 0 <= step - table[0] < len(table[1]):
+            until_refresh = self.update_every_n_steps - step % self.update_every_n_steps
+            classes = self.teacher.num_classes
+            count = max(1, min(until_refresh, COEFFICIENT_TABLE_ENTRIES // (classes + 1) ** 2))
+            steps = torch.arange(step, step + count)
+            table = self._coefficients = (step, *self.teacher(self.features(steps)))
+        return table[1][step - table[0]], table[2][step - table[0]]
+
     def _summarise_train_outputs(self) -> None:
         """Add the training batches kept since the last call to the features' average, in order."""
         if self._train_outputs:
-            for summary in classification_summaries(*zip(*self._train_outputs, strict=True)):
-                self.train_features.update(summary)
+            self.train_features.extend(
+                classification_summaries(*zip(*self._train_outputs, strict=True))
+            )
             self._train_outputs = []
 
     def _snapshot(self, trainer: Trainer, pl_module: LightningModule, step: int) -> dict[str, Any]:

@@ -68,15 +68,15 @@ class ParametricLoss(nn.Module):
         if weight is None or bias is None:
             weight, bias = self.identity_coefficients(logits.dtype, logits.device)
         log_probs = F.log_softmax(logits, dim=-1)
-        # (log p)^T W e_y for each sample: column y of W against log p.
-        score = (log_probs * weight.to(log_probs.dtype).T[target]).sum(-1)
-        surrogate = -torch.sigmoid(score + bias.to(log_probs.dtype)[target])
-        loss = surrogate if reduction == "none" else getattr(surrogate, reduction)()
+        # (log p)^T W e_y + b_y for each sample: entry y of the row (log p)^T W + b^T.
+        scores = torch.addmm(bias.to(log_probs.dtype), log_probs, weight.to(log_probs.dtype))
+        surrogate = torch.sigmoid(scores.gather(1, target[:, None]).squeeze(1))
+        loss = -(surrogate if reduction == "none" else getattr(surrogate, reduction)())
         if not self.ce_weight:
             return loss
         # The mix is linear: reducing each term first gives the same value with fewer operations.
         ce = F.nll_loss(log_probs, target, reduction=reduction)
-        return self.ce_weight * ce + (1 - self.ce_weight) * loss
+        return torch.lerp(loss.to(ce.dtype), ce, self.ce_weight)  # autocast: ce may be float32
 
     def _check(self, logits: Tensor, target: Tensor) -> None:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
@@ -88,8 +88,11 @@ class ParametricLoss(nn.Module):
                 f"target must hold {logits.shape[0]} class indices (integer tensor of shape "
                 f"({logits.shape[0]},)), got {target.dtype} of shape {tuple(target.shape)}"
             )
-        if len(target) and (int(target.min()) < 0 or int(target.max()) >= self.num_classes):
+        if not len(target):
+            return
+        low, high = (int(value) for value in torch.aminmax(target))
+        if low < 0 or high >= self.num_classes:
             raise ValueError(
                 f"targets must be class indices in [0, {self.num_classes}), got values from "
-                f"{int(target.min())} to {int(target.max())}"
+                f"{low} to {high}"
             )

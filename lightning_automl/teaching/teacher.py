@@ -22,11 +22,16 @@ TEACHER_FEATURES = (
 """The student state ``s_t`` the teacher reads, in order (`teacher_features`)."""
 
 
-def teacher_features(progress: float, train_summary: Tensor, dev_summary: Tensor) -> Tensor:
+def teacher_features(
+    progress: float | Tensor, train_summary: Tensor, dev_summary: Tensor
+) -> Tensor:
     """``s_t``: training progress in ``[0, 1]``, then the `classification_summary` of recent
-    training batches and of the dev set, float32 ``(len(TEACHER_FEATURES),)``."""
-    progress_tensor = torch.tensor([progress], dtype=torch.float32, device=train_summary.device)
-    return torch.cat([progress_tensor, train_summary.float(), dev_summary.float()])
+    training batches and of the dev set, float32 ``(len(TEACHER_FEATURES),)``; a tensor of
+    ``n`` progresses gives ``n`` such rows, ``(n, len(TEACHER_FEATURES))``."""
+    device = train_summary.device
+    progress_column = torch.as_tensor(progress, dtype=torch.float32, device=device)[..., None]
+    summaries = torch.cat([train_summary.float(), dev_summary.float()])
+    return torch.cat([progress_column, summaries.expand(*progress_column.shape[:-1], -1)], -1)
 
 
 class LossTeacher(PretrainedMixin, nn.Module):
@@ -92,9 +97,11 @@ class LossTeacher(PretrainedMixin, nn.Module):
         }
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """``(W_t, b_t)`` for the state ``features`` ``(len(TEACHER_FEATURES),)``."""
-        offsets = self.head(self.body(features)).view(self.num_classes + 1, self.num_classes)
-        return self.base_weight + offsets[:-1], self.base_bias + offsets[-1]
+        """``(W_t, b_t)`` for the state ``features`` ``(len(TEACHER_FEATURES),)``; for states
+        ``(n, len(TEACHER_FEATURES))``, ``n`` of each: ``(n, C, C)`` and ``(n, C)``."""
+        offsets = self.head(self.body(features))
+        offsets = offsets.unflatten(-1, (self.num_classes + 1, self.num_classes))
+        return self.base_weight + offsets[..., :-1, :], self.base_bias + offsets[..., -1, :]
 
     def taught_loss(
         self, logits: Tensor, target: Tensor, features: Tensor, reduction: Reduction = "mean"
