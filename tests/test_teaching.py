@@ -245,8 +245,13 @@ def test_replay_reproduces_the_students_real_updates(optimizer, lr, accumulate) 
     assert not torch.equal(teacher.teacher.base_weight, torch.eye(3))  # the teacher learned
 
 
-def test_each_step_is_taught_with_the_coefficients_of_its_own_state() -> None:
-    # The callback sets the coefficients of all the steps until a refresh in one teacher pass.
+@pytest.mark.parametrize("table_entries", [2**20, 1])
+def test_each_step_is_taught_with_the_coefficients_of_its_own_state(
+    table_entries, monkeypatch
+) -> None:
+    # The callback sets the coefficients of all the steps until a refresh in one teacher pass,
+    # or of one step at a time where they would not fit in COEFFICIENT_TABLE_ENTRIES.
+    monkeypatch.setattr(callback_module, "COEFFICIENT_TABLE_ENTRIES", table_entries)
     seen = []
 
     class Recording(TinyTaughtClassifier):

@@ -322,8 +322,8 @@ class LossTeacherCallback(Callback):
         table = self._coefficients
         if table is None or not 0 <= step - table[0] < len(table[1]):
             until_refresh = self.update_every_n_steps - step % self.update_every_n_steps
-            classes = self.teacher.num_classes
-            count = max(1, min(until_refresh, COEFFICIENT_TABLE_ENTRIES // (classes + 1) ** 2))
+            per_step = self.teacher.num_classes * (self.teacher.num_classes + 1)  # W and b
+            count = max(1, min(until_refresh, COEFFICIENT_TABLE_ENTRIES // per_step))
             steps = torch.arange(step, step + count)
             table = self._coefficients = (step, *self.teacher(self.features(steps)))
         return table[1][step - table[0]], table[2][step - table[0]]
