@@ -100,8 +100,8 @@ class ExponentialMovingAverage:
         ``m_{t+n} = decay^n m_t + (1 - decay) sum_i decay^(n-1-i) values[i]``."""
         values = values.detach()
         count = len(values)
-        powers = self.decay ** torch.arange(count - 1, -1, -1, dtype=values.dtype)
-        added = (1 - self.decay) * torch.tensordot(powers.to(values.device), values, 1)
+        exponents = torch.arange(count - 1, -1, -1, dtype=values.dtype, device=values.device)
+        added = (1 - self.decay) * torch.tensordot(self.decay**exponents, values, 1)
         kept = self.decay**count
         self.total = added if self.total is None else kept * self.total + added
         self.weight = kept * self.weight + (1 - kept)
