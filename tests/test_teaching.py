@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ from lightning_automl.teaching import (
     teacher_features,
 )
 from lightning_automl.teaching.replay import dev_objective_fn, student_forward
+from lightning_automl.teaching.students import student_network
 
 
 def test_parametric_loss_at_identity_is_the_sigmoid_surrogate_mixed_with_cross_entropy() -> None:
@@ -179,6 +182,16 @@ def test_dev_objective_terms_sum_to_the_objective_over_all_batches(kind) -> None
     assert len(terms) == 3
     torch.testing.assert_close(sum(term(params) for term in terms), whole)
     assert student.training  # each term runs the student in evaluation mode and restores it
+
+
+def test_cnn_student_runs_channels_last_and_computes_what_the_default_layout_does() -> None:
+    torch.manual_seed(0)
+    student = student_network("cnn")
+    default_layout = copy.deepcopy(student).to(memory_format=torch.contiguous_format)
+    images = torch.randn(4, 1, 28, 28)
+    assert student[0](images).is_contiguous(memory_format=torch.channels_last)
+    assert default_layout[0](images).is_contiguous()
+    torch.testing.assert_close(student(images), default_layout(images))
 
 
 @pytest.mark.parametrize("tied", [False, True])
