@@ -34,5 +34,5 @@ def student_network(architecture: Architecture, num_classes: int = 10) -> nn.Mod
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Linear(16 * 7 * 7, num_classes),
-        ).to(memory_format=torch.channels_last)
+        ).to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stub
     raise ValueError(f"architecture must be 'mlp' or 'cnn', got {architecture!r}")
