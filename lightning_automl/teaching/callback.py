@@ -317,15 +317,19 @@ class LossTeacherCallback(Callback):
     @torch.no_grad()
     def _coefficients_at(self, step: int) -> tuple[Tensor, Tensor]:
         """``phi_t = mu_theta(s_t)`` at optimizer step ``step``. The features change only with
-        the progress until the next refresh, so one teacher pass sets the coefficients of all
-        the steps until then (at most `COEFFICIENT_TABLE_ENTRIES` numbers)."""
+        the progress between refreshes, so one teacher pass sets the coefficients of a block of
+        steps (at most `COEFFICIENT_TABLE_ENTRIES` numbers). The blocks are aligned to the
+        refreshes, so a resumed run computes each step's row in the same batch of rows (a
+        matmul's rounding may depend on its row count) as the uninterrupted run."""
         table = self._coefficients
         if table is None or not 0 <= step - table[0] < len(table[1]):
-            until_refresh = self.update_every_n_steps - step % self.update_every_n_steps
+            period = self.update_every_n_steps
             per_step = self.teacher.num_classes * (self.teacher.num_classes + 1)  # W and b
-            count = max(1, min(until_refresh, COEFFICIENT_TABLE_ENTRIES // per_step))
-            steps = torch.arange(step, step + count)
-            table = self._coefficients = (step, *self.teacher(self.features(steps)))
+            block = max(1, min(period, COEFFICIENT_TABLE_ENTRIES // per_step))
+            refreshed = step - step % period
+            first = refreshed + (step - refreshed) // block * block
+            steps = torch.arange(first, min(first + block, refreshed + period))
+            table = self._coefficients = (first, *self.teacher(self.features(steps)))
         return table[1][step - table[0]], table[2][step - table[0]]
 
     def _summarise_train_outputs(self) -> None:

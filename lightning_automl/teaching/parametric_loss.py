@@ -68,9 +68,11 @@ class ParametricLoss(nn.Module):
         if weight is None or bias is None:
             weight, bias = self.identity_coefficients(logits.dtype, logits.device)
         log_probs = F.log_softmax(logits, dim=-1)
-        # (log p)^T W e_y + b_y for each sample: entry y of the row (log p)^T W + b^T.
-        scores = torch.addmm(bias.to(log_probs.dtype), log_probs, weight.to(log_probs.dtype))
-        surrogate = torch.sigmoid(scores.gather(1, target[:, None]).squeeze(1))
+        # (log p)^T W e_y + b_y for each sample, from column y of W alone: O(B C), where the
+        # full product (log p)^T W would take O(B C^2) (and a matmul launch that dwarfs it).
+        weight, bias = weight.to(log_probs.dtype), bias.to(log_probs.dtype)
+        scores = (log_probs * weight.t()[target]).sum(1) + bias[target]
+        surrogate = torch.sigmoid(scores)
         loss = -(surrogate if reduction == "none" else getattr(surrogate, reduction)())
         if not self.ce_weight:
             return loss
