@@ -413,15 +413,13 @@ def _objective_and_gradient(
     terms: Sequence[Callable[[Params], Tensor]], params: Mapping[str, Tensor]
 ) -> tuple[Tensor, list[Tensor]]:
     """``M(w) = sum_i M_i(w)`` and ``dM/dw`` (detached), one term's graph at a time."""
-    leaves = {name: value.detach().requires_grad_() for name, value in params.items()}
-    values, gradient = [], [torch.zeros_like(leaf) for leaf in leaves.values()]
-    for term in terms:
-        value = term(leaves)
-        grads = torch.autograd.grad(
-            value, list(leaves.values()), allow_unused=True, materialize_grads=True
-        )
+    leaves = [value.detach().requires_grad_() for value in params.values()]
+    values = []
+    for term in terms:  # each backward adds its term's gradient into the leaves' .grad in place
+        value = term(dict(zip(params, leaves, strict=True)))
+        torch.autograd.backward(value, inputs=leaves)
         values.append(value.detach())
-        gradient = [total + grad for total, grad in zip(gradient, grads, strict=True)]
+    gradient = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
     return torch.stack(values).sum(), gradient
 
 
