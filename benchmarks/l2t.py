@@ -13,10 +13,11 @@ Hypergradient cost: one teacher update on each student (K SGD-momentum steps of 
 loss on batches of 128, dev cross-entropy on 512 images, reverse mode to the teacher's
 parameters) by `core.unroll.hypergradient`, by the same with checkpointing every 5 steps, and
 by torchopt's `MetaSGD` (the peer), for K = 5, 20, 50: the median time of 7 updates (the three
-interleaved, one thread) and the peak memory, measured in a fresh process as the growth of its
-peak resident set. `hypergradient` gets the dev set as the callback does, in batches of 128
-(one objective term each, differentiated in turn); the peer evaluates the 512 images at once.
-The three hypergradients are checked to agree.
+interleaved, one thread, the default allocator) and the peak memory, measured in a fresh process
+as the growth of its peak resident set (with every large block mapped on its own).
+`hypergradient` gets the dev set as the callback does, in batches of 128 (one objective term
+each, differentiated in turn); the peer evaluates the 512 images at once. The three
+hypergradients are checked to agree.
 
     python benchmarks/l2t.py            # the full run (see the docs for its time)
     python benchmarks/l2t.py --quick    # smoke run, small budget
@@ -38,6 +39,8 @@ import multiprocessing
 import re
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -255,11 +258,24 @@ def update_times(student_name: str, unroll: int, data_dir: str, rounds: int) -> 
     return {peer: statistics.median(values) for peer, values in times.items()}
 
 
+@contextmanager
+def mapped_allocations() -> Iterator[None]:
+    """Processes started inside map and unmap every block of 64 KiB and more one by one (glibc's
+    ``MALLOC_MMAP_THRESHOLD_``), so that their resident set follows the live tensors instead of
+    the allocator's free lists. Only for measuring memory: it slows allocation down."""
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
+
+
 def cost(data_dir: Path, quick: bool) -> dict[str, Any]:
     unrolls = UNROLLS[:1] if quick else UNROLLS
-    # Blocks of 64 KiB and more are mapped and unmapped one by one, so the resident set follows
-    # the live tensors instead of the allocator's free lists.
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     context = multiprocessing.get_context("spawn")
     results: dict[str, Any] = {}
     for student in STUDENTS:
@@ -271,7 +287,7 @@ def cost(data_dir: Path, quick: bool) -> dict[str, Any]:
             with context.Pool(1) as pool:
                 times = pool.apply(update_times, (student, unroll, mnist, 3 if quick else 7))
             for peer in PEERS:
-                with context.Pool(1) as pool:
+                with mapped_allocations(), context.Pool(1) as pool:
                     memory = pool.apply(peak_memory, (student, peer, unroll, mnist))
                 row[peer] = {"seconds": times[peer], "peak_mib": memory["peak_mib"]}
                 grads[peer] = torch.cat([torch.tensor(g).flatten() for g in memory["grads"]])
