@@ -258,12 +258,13 @@ def test_replay_reproduces_the_students_real_updates(optimizer, lr, accumulate) 
     assert not torch.equal(teacher.teacher.base_weight, torch.eye(3))  # the teacher learned
 
 
-@pytest.mark.parametrize("table_entries", [2**20, 1])
+@pytest.mark.parametrize("table_entries", [2**20, 24, 1])
 def test_each_step_is_taught_with_the_coefficients_of_its_own_state(
     table_entries, monkeypatch
 ) -> None:
     # The callback sets the coefficients of all the steps until a refresh in one teacher pass,
-    # or of one step at a time where they would not fit in COEFFICIENT_TABLE_ENTRIES.
+    # or in blocks of as many steps as fit in COEFFICIENT_TABLE_ENTRIES (24: two steps of 3
+    # classes, so a block and a part-block between refreshes every 3 steps), or one at a time.
     monkeypatch.setattr(callback_module, "COEFFICIENT_TABLE_ENTRIES", table_entries)
     seen = []
 
