@@ -74,7 +74,8 @@ def test_new_students_differ_per_episode_and_rank() -> None:
 
 def test_checkpoint_restores_the_teacher_and_the_running_student(tmp_path) -> None:
     # After 4 updates of 3 steps the second student is mid-episode (step 3 of 9); it, the
-    # teacher and the feature average come back from the checkpoint.
+    # teacher and the summaries of its 3 steps, not yet in the feature average, come back from
+    # the checkpoint.
     seed_everything(0)
     module = teacher_training(episode_steps=9)
     trainer = quiet_trainer(max_steps=4)
@@ -92,7 +93,11 @@ def test_checkpoint_restores_the_teacher_and_the_running_student(tmp_path) -> No
         module.teacher.parameters(), restored.teacher.parameters(), strict=True
     ):
         assert torch.equal(actual, expected)
-    assert torch.equal(restored.train_features.value, module.train_features.value)
+    assert len(module.episode["pending"]) == 3
+    for expected, actual in zip(
+        module.episode["pending"], restored.episode["pending"], strict=True
+    ):
+        assert torch.equal(actual, expected)
 
 
 def test_trained_teacher_is_saved_and_frozen_in_the_callback(tmp_path) -> None:
@@ -114,6 +119,16 @@ def test_bad_arguments_are_refused() -> None:
         LossTeacherTrainModule(unroll_steps=0)
     with pytest.raises(ValueError, match="lr must be a number > 0"):
         LossTeacherTrainModule(student_lr=0.0)
+    with pytest.raises(ValueError, match="student_batch_size must be a positive integer"):
+        LossTeacherTrainModule(student_batch_size=0)
+    with pytest.raises(ValueError, match="refresh_every_n_steps must be a positive integer"):
+        LossTeacherTrainModule(refresh_every_n_steps=0)
+    with pytest.raises(
+        ValueError, match="teacher_optimizer must be 'adam' or 'sgd', got 'rmsprop'"
+    ):
+        LossTeacherTrainModule(teacher_optimizer="rmsprop")
+    with pytest.raises(ValueError, match="teacher_max_grad_norm must be a number > 0"):
+        LossTeacherTrainModule(teacher_max_grad_norm=0.0)
     module = teacher_training()
 
     class NoValidation(FakeDigits):
@@ -125,3 +140,74 @@ def test_bad_arguments_are_refused() -> None:
         ValueError, match="batch of 24 samples cannot be split into unroll_steps=25"
     ):
         quiet_trainer(max_steps=1).fit(teacher_training(unroll_steps=25), FakeDigits())
+
+
+def test_student_minibatches_come_in_shuffled_passes_over_the_batch() -> None:
+    # A pool of 24 samples and minibatches of 10: passes of 10, 10 and 4 samples.
+    module = teacher_training(unroll_steps=5, student_batch_size=10)
+    quiet_trainer(max_steps=1).fit(module, FakeDigits())
+    module.episode = module._new_episode(0)
+    inputs, target = torch.arange(24.0)[:, None], torch.arange(24)
+    minibatches = module._minibatches(inputs, target)
+    assert [len(y) for _, y in minibatches] == [10, 10, 4, 10, 10]
+    first_pass = torch.cat([y for _, y in minibatches[:3]])
+    assert sorted(first_pass.tolist()) == list(range(24))
+    assert all(torch.equal(x[:, 0].long(), y) for x, y in minibatches)
+    second_pass = torch.cat([y for _, y in minibatches[3:]])
+    assert not torch.equal(second_pass, first_pass[:20])
+    again = module._minibatches(inputs, target)  # a resumed run draws the same ones
+    assert all(torch.equal(y, z) for (_, y), (_, z) in zip(minibatches, again, strict=True))
+    module.episode["step"] = 3  # the next unroll starts with the second pass
+    assert torch.equal(module._minibatches(inputs, target)[0][1], minibatches[3][1])
+
+
+def test_features_refresh_inside_the_unroll() -> None:
+    # Unrolls of 3 steps, features refreshed every 2: the summaries change at steps 2 and 4,
+    # and the rows of steps 2 and 3 (in different unrolls) share them.
+    seed_everything(0)
+    module = teacher_training(refresh_every_n_steps=2, teacher_lr=0.0001)
+    rows: dict[int, torch.Tensor] = {}
+    features = module._features
+
+    def spy(step, params):
+        rows[step] = features(step, params)
+        return rows[step]
+
+    module._features = spy
+    quiet_trainer(max_steps=2).fit(module, FakeDigits())
+    dev = {step: row[5:] for step, row in rows.items()}  # after progress and the train summary
+    assert sorted(rows) == [0, 1, 2, 3, 4, 5]
+    assert torch.equal(dev[0], dev[1]) and torch.equal(dev[2], dev[3])
+    assert torch.equal(dev[4], dev[5])
+    assert not torch.equal(dev[1], dev[2]) and not torch.equal(dev[3], dev[4])
+    train = {step: row[1:5] for step, row in rows.items()}
+    assert torch.equal(train[0], dev[0])  # no training batch yet: the dev summary stands in
+    assert torch.equal(train[2], train[3]) and not torch.equal(train[2], train[1])
+    assert not torch.equal(train[4], train[3])
+
+
+def test_teacher_step_is_clipped_sgd_and_skips_non_finite_hypergradients(monkeypatch) -> None:
+    import lightning_automl.teaching.train_module as train_module
+
+    real = train_module.hypergradient
+    scale = {"value": 10.0}
+
+    def fixed_gradient(*args, **kwargs):
+        result = real(*args, **kwargs)
+        grads = [torch.full_like(grad, scale["value"]) for grad in result.grads]
+        return result._replace(grads=grads)
+
+    monkeypatch.setattr(train_module, "hypergradient", fixed_gradient)
+    module = teacher_training(teacher_optimizer="sgd", teacher_lr=0.1, teacher_max_grad_norm=1.0)
+    before = [param.detach().clone() for param in module.teacher.parameters()]
+    count = sum(param.numel() for param in before)
+    quiet_trainer(max_steps=1).fit(module, FakeDigits())
+    for old, new in zip(before, module.teacher.parameters(), strict=True):
+        torch.testing.assert_close(new.detach(), old - 0.1 / count**0.5)
+    scale["value"] = float("inf")
+    trained = [param.detach().clone() for param in module.teacher.parameters()]
+    trainer = quiet_trainer(max_steps=2, log_every_n_steps=1)
+    trainer.fit(module, FakeDigits())
+    for old, new in zip(trained, module.teacher.parameters(), strict=True):
+        assert torch.equal(new, old)
+    assert trainer.callback_metrics["teacher/skipped_updates"] == 1
