@@ -242,7 +242,7 @@ class LossTeacherTrainModule(LightningModule):
         if step % self.refresh_period == 0:
             if episode["pending"]:
                 self.train_features.extend(torch.stack(episode["pending"]))
-                episode["pending"] = []
+                episode["pending"].clear()
             weights = {name: value.detach() for name, value in params.items()}
             dev = self._dev_summary(weights, episode["buffers"])
             train = self.train_features.value
@@ -257,10 +257,7 @@ class LossTeacherTrainModule(LightningModule):
         student = self.__dict__["student"]
         start = episode["step"]
         rows: dict[int, Tensor] = {}  # the features of each step of the unroll
-
-        def observe(summary: Tensor) -> None:
-            episode["pending"].append(summary)
-
+        observe = episode["pending"].append  # the list is emptied in place at each refresh
         taught = taught_loss_fn(
             self.teacher, student, episode["buffers"], rows.__getitem__, observe
         )
