@@ -112,30 +112,42 @@ def test_teacher_round_trips_through_the_registry(tmp_path) -> None:
         LossTeacherCallback(pretrained=str(tmp_path / "t"), ce_weight=0.5)
 
 
+STUDENTS = {  # a student and the shape of its inputs; the CNN's reads them by `DataConvolutions`
+    "mlp": (lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)), (4,)),
+    "cnn": (
+        lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3)),
+        (1, 4, 4),
+    ),
+}
+
+
+@pytest.mark.parametrize("architecture", list(STUDENTS))
 @pytest.mark.parametrize("inner", [SGD(lr=0.5, momentum=0.9), Adam(lr=0.05)], ids=["sgd", "adam"])
-def test_teacher_hypergradient_matches_finite_differences(inner) -> None:
+def test_teacher_hypergradient_matches_finite_differences(inner, architecture) -> None:
     torch.manual_seed(0)
-    student = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    network, input_shape = STUDENTS[architecture]
+    student = network().double()
+    forward = student_forward(student)
     teacher = LossTeacher(num_classes=3, hidden_size=4, ce_weight=0.2).double()
     with torch.no_grad():  # away from the zero-initialised output layer
         for param in teacher.parameters():
             param.add_(0.3 * torch.randn_like(param))
     params = {name: p.detach() for name, p in student.named_parameters()}
     batches = [
-        (torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))) for _ in range(4)
+        (torch.randn(10, *input_shape, dtype=torch.float64), torch.randint(0, 3, (10,)))
+        for _ in range(4)
     ]
-    dev_x, dev_y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    dev_x = torch.randn(20, *input_shape, dtype=torch.float64)
+    dev_y = torch.randint(0, 3, (20,))
     features = torch.rand(4, len(TEACHER_FEATURES), dtype=torch.float64)
 
     def run():
         def loss_fn(p, k, batch):
-            logits = functional_call(student, p, (batch[0],))
+            logits = forward(p, {}, batch[0])
             return teacher.taught_loss(logits, batch[1], features[k])
 
         def objective(p):
-            return dev_objective(
-                functional_call(student, p, (dev_x,)), dev_y, "cross_entropy", 50.0
-            )
+            return dev_objective(forward(p, {}, dev_x), dev_y, "cross_entropy", 50.0)
 
         return hypergradient(
             loss_fn,
@@ -179,9 +191,11 @@ def test_dev_objective_terms_sum_to_the_objective_over_all_batches(kind) -> None
     student.eval()
     whole = dev_objective(functional_call(student, (params, buffers), (x,)), y, kind, 5.0)
     student.train()
+    student[2].eval()  # a frozen part
     assert len(terms) == 3
     torch.testing.assert_close(sum(term(params) for term in terms), whole)
-    assert student.training  # each term runs the student in evaluation mode and restores it
+    # each term runs the student in evaluation mode and restores every part's mode
+    assert [module.training for module in student.modules()] == [True, True, True, False]
 
 
 def test_cnn_student_runs_channels_last_and_computes_what_the_default_layout_does() -> None:

@@ -12,10 +12,12 @@ __all__ = ["evaluation_mode"]
 
 @contextmanager
 def evaluation_mode(module: nn.Module) -> Iterator[None]:
-    """``module.eval()`` inside the block; its previous mode after."""
-    training = module.training
+    """``module.eval()`` inside the block; after it, every submodule's previous mode (a frozen
+    part kept in evaluation mode inside a training model stays so)."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
     module.eval()
     try:
         yield
     finally:
-        module.train(training)
+        for submodule, training in modes:
+            submodule.training = training
