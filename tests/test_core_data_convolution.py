@@ -70,5 +70,8 @@ def test_what_it_cannot_lighten_is_left_to_pytorch() -> None:
     assert convolution_node(inputs, weight.requires_grad_()) == "_DataConvolutionBackward"
     assert convolution_node(inputs.requires_grad_(), weight) == "ConvolutionBackward0"
     assert convolution_node(inputs.detach(), weight, padding="same") == "ConvolutionBackward0"
+    assert convolution_node(inputs.detach()[0], weight) == "SqueezeBackward1"  # unbatched
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert convolution_node(inputs.detach(), weight) == "ConvolutionBackward0"
     with torch.no_grad(), DataConvolutions():
         assert F.conv2d(inputs.detach(), weight).grad_fn is None

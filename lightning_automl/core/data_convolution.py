@@ -11,7 +11,8 @@ image, per unrolled step, thrown away.
 `DataConvolutions` routes ``torch.nn.functional.conv1d/2d/3d`` calls whose input needs no
 gradient through two autograd functions that compute the same forward and first-order values
 with the same kernels, and in the second order only what is needed. Any other call is left to
-PyTorch.
+PyTorch: an input that needs a gradient, string padding, an unbatched input, and any call under
+autocast (which casts ``conv2d``'s arguments, not those of the ``aten.convolution`` used here).
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class DataConvolutions(TorchFunctionMode):
                 and weight.requires_grad
                 and inputs.dim() == dimensions + 2
                 and not isinstance(call.get("padding", 0), str)
+                and not torch.is_autocast_enabled(inputs.device.type)  # autocast casts conv2d
             ):
                 geometry = _Geometry(
                     dimensions,
