@@ -102,6 +102,21 @@ def test_two_steps_match_the_hand_written_lstm(dtype):
     torch.testing.assert_close(weight_state["cell"].double(), expected_cell, rtol=0, atol=1e-6)
 
 
+def test_in_place_update_equals_the_differentiable_step_to_rounding():
+    """`update_` takes tanh as ``2 sigmoid(2x) - 1`` with the candidate's rows doubled."""
+    torch.manual_seed(0)
+    network = CoordinateLSTM().double()
+    grad = torch.randn(500, dtype=torch.float64) * 10.0 ** torch.randint(-8, 1, (500,))
+    hidden, cell = (3 * torch.randn(2, 20, 500, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():
+        expected = network(grad, hidden, cell)
+    next_hidden, next_cell = hidden.clone(), cell.clone()
+    weights = network.layer_weights(candidate_scale=2.0)
+    update = network.update_(network.features(grad), next_hidden, next_cell, weights)
+    for actual, wanted in zip((update, next_hidden, next_cell), expected, strict=True):
+        torch.testing.assert_close(actual, wanted, rtol=0, atol=1e-12)
+
+
 def test_all_coordinates_of_a_small_model_go_through_the_network_in_one_call():
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     frozen = nn.Parameter(torch.ones(5))
