@@ -117,6 +117,21 @@ def test_in_place_update_equals_the_differentiable_step_to_rounding():
         torch.testing.assert_close(actual, wanted, rtol=0, atol=1e-12)
 
 
+def test_a_bfloat16_network_steps_bfloat16_parameters_as_float32_does_to_its_precision():
+    torch.manual_seed(0)
+    grad = torch.randn(300)
+    updates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        param = nn.Parameter(torch.zeros(300, dtype=dtype))
+        param.grad = grad.to(dtype)
+        optimizer = LSTMOptimizer([param])
+        optimizer.network.to(dtype)
+        optimizer.step()
+        assert param.dtype == optimizer.state[param]["hidden"].dtype == dtype
+        updates[dtype] = param.detach().float()
+    torch.testing.assert_close(updates[torch.bfloat16], updates[torch.float32], rtol=0, atol=2e-3)
+
+
 def test_all_coordinates_of_a_small_model_go_through_the_network_in_one_call():
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     frozen = nn.Parameter(torch.ones(5))

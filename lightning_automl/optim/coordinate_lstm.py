@@ -145,7 +145,7 @@ class CoordinateLSTM(PretrainedMixin, nn.Module):
         multiplied by ``candidate_scale`` (`update_` takes them doubled)."""
         h, device = self.hidden_size, self.head.weight.device
         order = torch.arange(4 * h, device=device).view(4, h)[[0, 1, 3, 2]].flatten()
-        scale = torch.ones(4 * h, 1, device=device)
+        scale = torch.ones(4 * h, 1, dtype=self.dtype, device=device)
         scale[3 * h :] = candidate_scale
         weights = []
         for layer in range(self.num_layers):
@@ -153,9 +153,10 @@ class CoordinateLSTM(PretrainedMixin, nn.Module):
                 getattr(self.lstm, f"{name}_l{layer}")
                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             )
-            weights.append(
-                (w_ih[order] * scale, w_hh[order] * scale, (b_ih + b_hh)[order, None] * scale)
-            )
+            w_ih, w_hh, bias = w_ih[order], w_hh[order], (b_ih + b_hh)[order, None]
+            if candidate_scale != 1.0:
+                w_ih, w_hh, bias = w_ih * scale, w_hh * scale, bias * scale
+            weights.append((w_ih, w_hh, bias))
         return weights
 
     def forward(self, grad: Tensor, hidden: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
