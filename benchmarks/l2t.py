@@ -15,10 +15,9 @@ parameters) by `core.unroll.hypergradient`, by the same with checkpointing every
 by torchopt's `MetaSGD` (the peer), for K = 5, 20, 50: the median time of 7 updates (the three
 interleaved, one thread, the default allocator) and the peak memory, measured in a fresh process
 as the growth of its peak resident set (with every large block mapped on its own).
-`hypergradient` gets the dev set as the callback does, in batches of 128, which
-`dev_objective_fn` joins into terms of up to 512 images (`teaching.replay.DEV_TERM_SAMPLES`,
-differentiated in turn); the peer evaluates the 512 images at once. The three hypergradients
-are checked to agree.
+`hypergradient` gets the dev set as the callback does, in batches of 128 (one objective term
+each, differentiated in turn); the peer evaluates the 512 images at once. The three
+hypergradients are checked to agree.
 
     python benchmarks/l2t.py            # the full run (see the docs for its time)
     python benchmarks/l2t.py --quick    # smoke run, small budget

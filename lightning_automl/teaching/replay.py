@@ -21,25 +21,17 @@ from lightning_automl.core.validation import check_number
 from lightning_automl.teaching.teacher import LossTeacher
 
 __all__ = [
-    "DEV_TERM_SAMPLES",
     "DevObjective",
     "check_dev_objective",
     "dev_objective",
     "dev_objective_fn",
     "dev_summary",
-    "joined_dev_batches",
     "student_forward",
     "taught_loss_fn",
 ]
 
 DevObjective = Literal["cross_entropy", "smooth_error"]
 Pair = tuple[Any, Tensor]  # (inputs, class targets)
-
-DEV_TERM_SAMPLES = 512
-"""Consecutive dev batches with tensor inputs are joined into batches of up to this many samples
-for the dev objective and the dev features (`joined_dev_batches`): a small student's forward and
-backward passes cost per call, so four batches of 128 took a teacher update of the MLP 5 % longer
-than one of 512, while `core.unroll.hypergradient` holds one such batch's graph at a time."""
 
 
 def check_dev_objective(kind: object, sharpness: object) -> None:
@@ -112,42 +104,9 @@ def taught_loss_fn(
     return loss_fn
 
 
-def joined_dev_batches(dev: Sequence[Pair]) -> list[Pair]:
-    """``dev`` with consecutive batches of tensor inputs concatenated into batches of at most
-    `DEV_TERM_SAMPLES` samples, in order. A larger batch, one with other inputs, or one whose
-    inputs differ from the previous batch's in anything but their number stays alone. In
-    evaluation mode a sample's logits do not depend on its batch, so the dev objective is the
-    same up to rounding."""
-    groups: list[list[Pair]] = []
-    size = 0
-    for inputs, target in dev:
-        previous = groups[-1][0][0] if groups else None
-        joinable = (
-            isinstance(inputs, Tensor)
-            and isinstance(previous, Tensor)
-            and inputs.shape[1:] == previous.shape[1:]
-            and inputs.dtype == previous.dtype
-            and inputs.device == previous.device
-        )
-        if joinable and size + len(target) <= DEV_TERM_SAMPLES:
-            groups[-1].append((inputs, target))
-            size += len(target)
-        else:
-            groups.append([(inputs, target)])
-            size = len(target)
-    return [
-        group[0]
-        if len(group) == 1
-        else (torch.cat([x for x, _ in group]), torch.cat([y for _, y in group]))
-        for group in groups
-    ]
-
-
 def _dev_logits(student: nn.Module, dev: Sequence[Pair], state: Any = None) -> Tensor:
-    """The student's logits (eval mode) on all the ``dev`` batches (`joined_dev_batches`);
-    ``state``, if given, is the ``(params, buffers)`` to call it with
-    (`torch.func.functional_call`)."""
-    dev = joined_dev_batches(dev)
+    """The student's logits (eval mode) on all the ``dev`` batches; ``state``, if given, is
+    the ``(params, buffers)`` to call it with (`torch.func.functional_call`)."""
     with evaluation_mode(student):
         if state is None:
             return torch.cat([student(inputs) for inputs, _ in dev])
@@ -172,9 +131,9 @@ def dev_objective_fn(
     sharpness: float,
 ) -> list[Callable[[Params], Tensor]]:
     """The terms ``M_i(params)`` of `dev_objective` of the student at ``params`` (in eval mode)
-    over all the ``dev`` batches, one per batch of `joined_dev_batches`: batch ``i``'s mean
-    weighted by its share of the samples, so that they sum to the mean over all of them and
-    `core.unroll.hypergradient` holds one batch's graph at a time."""
+    over all the ``dev`` batches, one per batch: batch ``i``'s mean weighted by its share of
+    the samples, so that they sum to the mean over all of them and `core.unroll.hypergradient`
+    holds one batch's graph at a time."""
     total = sum(len(target) for _, target in dev)
     forward = student_forward(student)
 
@@ -186,4 +145,4 @@ def dev_objective_fn(
 
         return objective
 
-    return [term(inputs, target) for inputs, target in joined_dev_batches(dev)]
+    return [term(inputs, target) for inputs, target in dev]
