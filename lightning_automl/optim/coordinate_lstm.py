@@ -145,8 +145,10 @@ class CoordinateLSTM(PretrainedMixin, nn.Module):
         multiplied by ``candidate_scale`` (`update_` takes them doubled)."""
         h, device = self.hidden_size, self.head.weight.device
         order = torch.arange(4 * h, device=device).view(4, h)[[0, 1, 3, 2]].flatten()
-        scale = torch.ones(4 * h, 1, dtype=self.dtype, device=device)
-        scale[3 * h :] = candidate_scale
+        scale = None  # the differentiable forward (candidate_scale 1) takes the weights as they are
+        if candidate_scale != 1.0:
+            scale = torch.ones(4 * h, 1, dtype=self.dtype, device=device)
+            scale[3 * h :] = candidate_scale
         weights = []
         for layer in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = (
@@ -154,7 +156,7 @@ class CoordinateLSTM(PretrainedMixin, nn.Module):
                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             )
             w_ih, w_hh, bias = w_ih[order], w_hh[order], (b_ih + b_hh)[order, None]
-            if candidate_scale != 1.0:
+            if scale is not None:
                 w_ih, w_hh, bias = w_ih * scale, w_hh * scale, bias * scale
             weights.append((w_ih, w_hh, bias))
         return weights
