@@ -25,7 +25,12 @@ from lightning_automl.teaching import (
     dev_objective,
     teacher_features,
 )
-from lightning_automl.teaching.replay import dev_objective_fn, student_forward
+from lightning_automl.teaching.replay import (
+    DEV_TERM_SAMPLES,
+    dev_objective_fn,
+    joined_dev_batches,
+    student_forward,
+)
 from lightning_automl.teaching.students import student_network
 
 
@@ -196,6 +201,18 @@ def test_dev_objective_terms_sum_to_the_objective_over_all_batches(kind) -> None
     torch.testing.assert_close(sum(term(params) for term in terms), whole)
     # each term runs the student in evaluation mode and restores every part's mode
     assert [module.training for module in student.modules()] == [True, True, True, False]
+
+
+def test_dev_batches_are_joined_up_to_the_term_size_in_order() -> None:
+    sizes = [128, 128, 256, 100, 600, 50]
+    x, y = torch.randn(sum(sizes), 4), torch.randint(0, 3, (sum(sizes),))
+    batches = list(zip(x.split(sizes), y.split(sizes), strict=True))
+    batches.insert(4, ({"x": torch.randn(8, 4)}, torch.zeros(8, dtype=torch.long)))  # no tensor
+    batches.append((torch.randn(30, 5), torch.zeros(30, dtype=torch.long)))  # another shape
+    joined = joined_dev_batches(batches)
+    assert [len(target) for _, target in joined] == [DEV_TERM_SAMPLES, 100, 8, 600, 50, 30]
+    assert torch.equal(joined[0][0], x[:512]) and torch.equal(joined[0][1], y[:512])
+    assert joined[2][0] is batches[4][0] and joined[3][0] is batches[5][0]
 
 
 def test_cnn_student_runs_channels_last_and_computes_what_the_default_layout_does() -> None:

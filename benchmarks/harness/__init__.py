@@ -48,11 +48,17 @@ def target(name: str, value: float, bound: float, op: str) -> dict[str, Any]:
 
 
 def fit(
-    model: LightningModule, data: LightningDataModule, epochs: int, callbacks: list[Callback]
+    model: LightningModule,
+    data: LightningDataModule,
+    epochs: int,
+    callbacks: list[Callback],
+    max_steps: int = -1,
 ) -> None:
-    """``Trainer.fit`` on the CPU for ``epochs``, without logging, checkpoints or validation."""
+    """``Trainer.fit`` on the CPU for ``epochs`` (-1: until ``max_steps``), without logging,
+    checkpoints or validation."""
     trainer = Trainer(
         max_epochs=epochs,
+        max_steps=max_steps,
         accelerator="cpu",
         callbacks=callbacks,
         logger=False,

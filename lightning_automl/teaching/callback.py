@@ -24,6 +24,7 @@ from lightning_automl.teaching.replay import (
     check_dev_objective,
     dev_objective_fn,
     dev_summary,
+    joined_dev_batches,
     taught_loss_fn,
 )
 from lightning_automl.teaching.teacher import LossTeacher, teacher_features
@@ -106,7 +107,8 @@ class LossTeacherCallback(Callback):
         update_every_n_steps: Optimizer steps between teacher updates, ``>= unroll_steps``.
         teacher_lr: Learning rate of the teacher's Adam optimizer.
         dev_batches: Number of validation batches (the first ones of the validation dataloader)
-            that make up the dev set.
+            that make up the dev set, loaded once per fit and joined into batches of up to 512
+            samples (`teaching.replay.joined_dev_batches`).
         dev_objective: ``"cross_entropy"`` or ``"smooth_error"`` (`dev_objective`).
         smooth_error_sharpness: ``k`` of the smooth error.
         checkpoint_every: Recompute the replay in segments of this many steps during the
@@ -162,7 +164,7 @@ class LossTeacherCallback(Callback):
         self._train_outputs: list[tuple[Tensor, Tensor]] = []  # (logits, target) to summarise
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer_state: dict[str, Any] | None = None
-        self._dev: list[Any] = []
+        self._dev: list[tuple[Any, Tensor]] = []  # (inputs, target), `joined_dev_batches`
         self._total_steps = 0
         self._summaries: dict[str, Tensor] | None = None  # "train" / "dev" at the last refresh
         self._window: dict[str, Any] | None = None  # the student updates the next update replays
@@ -285,9 +287,12 @@ class LossTeacherCallback(Callback):
             )
         return max(1, int(total))
 
-    def _load_dev_batches(self, trainer: Trainer, pl_module: LightningModule) -> list[Any]:
+    def _load_dev_batches(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> list[tuple[Any, Tensor]]:
         batches = first_validation_batches(trainer, self.dev_batches, "LossTeacherCallback")
-        inputs, target = pl_module.teaching_batch(batches[0])  # type: ignore[operator]
+        pairs = [pl_module.teaching_batch(batch) for batch in batches]  # type: ignore[operator]
+        inputs, target = pairs[0]
         with torch.no_grad():
             logits = pl_module(inputs)
         if logits.dim() != 2 or logits.shape[1] != self.teacher.num_classes:
@@ -296,15 +301,12 @@ class LossTeacherCallback(Callback):
                 f"forward gives logits of shape {tuple(logits.shape)}"
             )
         self.teacher.loss(logits, target)  # checks the targets' range
-        return batches
-
-    def _dev_pairs(self, pl_module: LightningModule) -> list[tuple[Any, Tensor]]:
-        return [pl_module.teaching_batch(batch) for batch in self._dev]  # type: ignore[operator]
+        return joined_dev_batches(pairs)
 
     @torch.no_grad()
     def _refresh(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """New features: the training average so far and the dev set now, mean over ranks."""
-        dev = dev_summary(pl_module, self._dev_pairs(pl_module))
+        dev = dev_summary(pl_module, self._dev)
         self._summarise_train_outputs()
         train = self.train_features.value
         summaries = {"train": dev if train is None else train.to(dev.device), "dev": dev}
@@ -366,7 +368,7 @@ class LossTeacherCallback(Callback):
         objective = dev_objective_fn(
             pl_module,
             buffers,
-            self._dev_pairs(pl_module),
+            self._dev,
             self.dev_objective,
             self.smooth_error_sharpness,
         )

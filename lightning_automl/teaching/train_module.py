@@ -20,6 +20,7 @@ from lightning_automl.teaching.replay import (
     check_dev_objective,
     dev_objective_fn,
     dev_summary,
+    joined_dev_batches,
     taught_loss_fn,
 )
 from lightning_automl.teaching.students import Architecture, student_network
@@ -76,7 +77,8 @@ class LossTeacherTrainModule(LightningModule):
             hypergradient, where Adam moves every parameter by about ``teacher_lr``).
         teacher_lr: The teacher's learning rate.
         teacher_max_grad_norm: Clip the hypergradient's norm to this (``None``: no clipping).
-        dev_batches: Validation batches (the first ones) forming the dev set.
+        dev_batches: Validation batches (the first ones) forming the dev set (joined as by
+            `LossTeacherCallback`).
         dev_objective: ``"cross_entropy"`` or ``"smooth_error"``.
         smooth_error_sharpness: ``k`` of the smooth error.
         feature_decay: Decay of the moving average of the training batches' features.
@@ -157,8 +159,8 @@ class LossTeacherTrainModule(LightningModule):
         return kind(self.teacher.parameters(), lr=self.hparams["teacher_lr"])
 
     def on_fit_start(self) -> None:
-        self.dev = first_validation_batches(
-            self.trainer, self.hparams["dev_batches"], type(self).__name__
+        self.dev = joined_dev_batches(
+            first_validation_batches(self.trainer, self.hparams["dev_batches"], type(self).__name__)
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
