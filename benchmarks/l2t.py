@@ -147,7 +147,7 @@ def step_times(
     machine's load hits them alike."""
     times: dict[str, list[float]] = {method: [] for method in METHODS}
     for round_ in range(rounds + 1):
-        for method in METHODS[round_ % 3 :] + METHODS[: round_ % 3]:
+        for method in METHODS[round_ % len(METHODS) :] + METHODS[: round_ % len(METHODS)]:
             seed_everything(round_)
             model, callbacks = taught_student(student, method, rates[method])
             timer = StepTimer()

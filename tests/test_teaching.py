@@ -26,7 +26,7 @@ from lightning_automl.teaching import (
     teacher_features,
 )
 from lightning_automl.teaching.replay import (
-    DEV_TERM_SAMPLES,
+    DEV_JOIN_SAMPLES,
     dev_objective_fn,
     joined_dev_batches,
     student_forward,
@@ -210,9 +210,21 @@ def test_dev_batches_are_joined_up_to_the_term_size_in_order() -> None:
     batches.insert(4, ({"x": torch.randn(8, 4)}, torch.zeros(8, dtype=torch.long)))  # no tensor
     batches.append((torch.randn(30, 5), torch.zeros(30, dtype=torch.long)))  # another shape
     joined = joined_dev_batches(batches)
-    assert [len(target) for _, target in joined] == [DEV_TERM_SAMPLES, 100, 8, 600, 50, 30]
+    assert [len(target) for _, target in joined] == [DEV_JOIN_SAMPLES, 100, 8, 600, 50, 30]
     assert torch.equal(joined[0][0], x[:512]) and torch.equal(joined[0][1], y[:512])
     assert joined[2][0] is batches[4][0] and joined[3][0] is batches[5][0]
+    smaller = joined_dev_batches(batches, max_samples=256)
+    assert [len(target) for _, target in smaller] == [256, 256, 100, 8, 600, 50, 30]
+    kept = joined_dev_batches(batches, max_samples=0)
+    assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(kept, batches, strict=True))
+
+
+@pytest.mark.parametrize(("join", "sizes"), [(DEV_JOIN_SAMPLES, [24]), (16, [16, 8]), (0, [8] * 3)])
+def test_callback_joins_its_dev_batches_as_told(join, sizes) -> None:
+    teacher = LossTeacherCallback(num_classes=3, dev_batches=3, dev_join_samples=join)
+    trainer = quiet_trainer(max_steps=1, callbacks=[teacher], num_sanity_val_steps=0)
+    trainer.fit(TinyTaughtClassifier(), TinyDataModule())
+    assert [len(target) for _, target in teacher._dev] == sizes
 
 
 def test_cnn_student_runs_channels_last_and_computes_what_the_default_layout_does() -> None:
@@ -412,6 +424,8 @@ def test_bad_input_is_refused_before_training() -> None:
         LossTeacherCallback()
     with pytest.raises(ValueError, match="dev_objective must be"):
         LossTeacherCallback(num_classes=3, dev_objective="accuracy")
+    with pytest.raises(ValueError, match="dev_join_samples must be a non-negative integer"):
+        LossTeacherCallback(num_classes=3, dev_join_samples=-1)
     cases = [
         (TinyClassifier(), TinyDataModule(), TypeError, "inherits LossTeacherMixin"),
         (TinyTaughtClassifier(), NoValidation(), ValueError, "needs validation data"),

@@ -16,10 +16,16 @@ from lightning_automl.core.unroll import (
     inner_optimizer,
     mirror_optimizer,
 )
-from lightning_automl.core.validation import check_bool, check_number, check_positive_int
+from lightning_automl.core.validation import (
+    check_bool,
+    check_non_negative_int,
+    check_number,
+    check_positive_int,
+)
 from lightning_automl.teaching.mixin import LossTeacherMixin
 from lightning_automl.teaching.parametric_loss import Reduction
 from lightning_automl.teaching.replay import (
+    DEV_JOIN_SAMPLES,
     DevObjective,
     check_dev_objective,
     dev_objective_fn,
@@ -107,8 +113,10 @@ class LossTeacherCallback(Callback):
         update_every_n_steps: Optimizer steps between teacher updates, ``>= unroll_steps``.
         teacher_lr: Learning rate of the teacher's Adam optimizer.
         dev_batches: Number of validation batches (the first ones of the validation dataloader)
-            that make up the dev set, loaded once per fit and joined into batches of up to 512
-            samples (`teaching.replay.joined_dev_batches`).
+            that make up the dev set, loaded once per fit.
+        dev_join_samples: Consecutive dev batches are joined into batches of up to this many
+            samples (`teaching.replay.joined_dev_batches`; 0 keeps them as they come). Fewer,
+            larger batches run faster; a teacher update holds one batch's activations.
         dev_objective: ``"cross_entropy"`` or ``"smooth_error"`` (`dev_objective`).
         smooth_error_sharpness: ``k`` of the smooth error.
         checkpoint_every: Recompute the replay in segments of this many steps during the
@@ -131,6 +139,7 @@ class LossTeacherCallback(Callback):
         update_every_n_steps: int = 50,
         teacher_lr: float = 0.01,
         dev_batches: int = 8,
+        dev_join_samples: int = DEV_JOIN_SAMPLES,
         dev_objective: DevObjective = "cross_entropy",
         smooth_error_sharpness: float = 50.0,
         checkpoint_every: int | None = None,
@@ -147,6 +156,7 @@ class LossTeacherCallback(Callback):
             )
         check_number("teacher_lr", teacher_lr, "a number > 0", lambda value: value > 0)
         check_positive_int("dev_batches", dev_batches)
+        check_non_negative_int("dev_join_samples", dev_join_samples)
         check_dev_objective(dev_objective, smooth_error_sharpness)
         if checkpoint_every is not None:
             check_positive_int("checkpoint_every", checkpoint_every)
@@ -156,6 +166,7 @@ class LossTeacherCallback(Callback):
         self.update_every_n_steps = update_every_n_steps
         self.teacher_lr = float(teacher_lr)
         self.dev_batches = dev_batches
+        self.dev_join_samples = dev_join_samples
         self.dev_objective = dev_objective
         self.smooth_error_sharpness = float(smooth_error_sharpness)
         self.checkpoint_every = checkpoint_every
@@ -301,7 +312,7 @@ class LossTeacherCallback(Callback):
                 f"forward gives logits of shape {tuple(logits.shape)}"
             )
         self.teacher.loss(logits, target)  # checks the targets' range
-        return joined_dev_batches(pairs)
+        return joined_dev_batches(pairs, self.dev_join_samples)
 
     @torch.no_grad()
     def _refresh(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -21,7 +21,7 @@ from lightning_automl.core.validation import check_number
 from lightning_automl.teaching.teacher import LossTeacher
 
 __all__ = [
-    "DEV_TERM_SAMPLES",
+    "DEV_JOIN_SAMPLES",
     "DevObjective",
     "check_dev_objective",
     "dev_objective",
@@ -35,10 +35,11 @@ __all__ = [
 DevObjective = Literal["cross_entropy", "smooth_error"]
 Pair = tuple[Any, Tensor]  # (inputs, class targets)
 
-DEV_TERM_SAMPLES = 512
-"""Most samples in one batch of `joined_dev_batches`: a small student's forward and backward
-passes cost per call (four dev batches of 128 took a teacher update of the MLP about 6 % longer
-than one of 512), while `core.unroll.hypergradient` holds one such batch's graph at a time."""
+DEV_JOIN_SAMPLES = 512
+"""The teachers' default for the most samples in one batch of `joined_dev_batches`: a small
+student's forward and backward passes cost per call (four dev batches of 128 took a teacher
+update of the MLP about 6 % longer than one of 512), while `core.unroll.hypergradient` holds one
+such batch's graph, its activations included, at a time."""
 
 
 def check_dev_objective(kind: object, sharpness: object) -> None:
@@ -111,10 +112,10 @@ def taught_loss_fn(
     return loss_fn
 
 
-def joined_dev_batches(dev: Sequence[Pair]) -> list[Pair]:
+def joined_dev_batches(dev: Sequence[Pair], max_samples: int = DEV_JOIN_SAMPLES) -> list[Pair]:
     """``dev`` with consecutive batches of tensor inputs concatenated into batches of at most
-    `DEV_TERM_SAMPLES` samples, in order; the teachers join their dev set once, when they load
-    it. A larger batch, one with other inputs, or one whose inputs differ from the previous
+    ``max_samples`` samples, in order; the teachers join their dev set once, when they load it.
+    A larger batch, one with other inputs, or one whose inputs differ from the previous
     batch's in anything but their number stays alone. In evaluation mode a sample's logits do
     not depend on its batch, so the dev objective and features are the same up to rounding."""
     groups: list[list[Pair]] = []
@@ -128,7 +129,7 @@ def joined_dev_batches(dev: Sequence[Pair]) -> list[Pair]:
             and inputs.dtype == previous.dtype
             and inputs.device == previous.device
         )
-        if joinable and size + len(target) <= DEV_TERM_SAMPLES:
+        if joinable and size + len(target) <= max_samples:
             groups[-1].append((inputs, target))
             size += len(target)
         else:

@@ -13,9 +13,14 @@ from torch import Tensor
 from lightning_automl.core.features import ExponentialMovingAverage
 from lightning_automl.core.pretrained import PretrainedCard
 from lightning_automl.core.unroll import SGD, InnerState, hypergradient
-from lightning_automl.core.validation import check_number, check_positive_int
+from lightning_automl.core.validation import (
+    check_non_negative_int,
+    check_number,
+    check_positive_int,
+)
 from lightning_automl.teaching.callback import first_validation_batches
 from lightning_automl.teaching.replay import (
+    DEV_JOIN_SAMPLES,
     DevObjective,
     check_dev_objective,
     dev_objective_fn,
@@ -77,8 +82,9 @@ class LossTeacherTrainModule(LightningModule):
             hypergradient, where Adam moves every parameter by about ``teacher_lr``).
         teacher_lr: The teacher's learning rate.
         teacher_max_grad_norm: Clip the hypergradient's norm to this (``None``: no clipping).
-        dev_batches: Validation batches (the first ones) forming the dev set (joined as by
-            `LossTeacherCallback`).
+        dev_batches: Validation batches (the first ones) forming the dev set.
+        dev_join_samples: As `LossTeacherCallback`'s: dev batches are joined into batches of up
+            to this many samples (0 keeps them as they come).
         dev_objective: ``"cross_entropy"`` or ``"smooth_error"``.
         smooth_error_sharpness: ``k`` of the smooth error.
         feature_decay: Decay of the moving average of the training batches' features.
@@ -102,6 +108,7 @@ class LossTeacherTrainModule(LightningModule):
         teacher_lr: float = 0.01,
         teacher_max_grad_norm: float | None = None,
         dev_batches: int = 8,
+        dev_join_samples: int = DEV_JOIN_SAMPLES,
         dev_objective: DevObjective = "cross_entropy",
         smooth_error_sharpness: float = 50.0,
         feature_decay: float = 0.9,
@@ -125,6 +132,7 @@ class LossTeacherTrainModule(LightningModule):
                 "teacher_max_grad_norm", teacher_max_grad_norm, "a number > 0", lambda v: v > 0
             )
         check_positive_int("dev_batches", dev_batches)
+        check_non_negative_int("dev_join_samples", dev_join_samples)
         check_dev_objective(dev_objective, smooth_error_sharpness)
         super().__init__()
         self.save_hyperparameters()
@@ -159,9 +167,10 @@ class LossTeacherTrainModule(LightningModule):
         return kind(self.teacher.parameters(), lr=self.hparams["teacher_lr"])
 
     def on_fit_start(self) -> None:
-        self.dev = joined_dev_batches(
-            first_validation_batches(self.trainer, self.hparams["dev_batches"], type(self).__name__)
+        batches = first_validation_batches(
+            self.trainer, self.hparams["dev_batches"], type(self).__name__
         )
+        self.dev = joined_dev_batches(batches, self.hparams["dev_join_samples"])
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if self.episode is None:
