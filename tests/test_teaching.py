@@ -77,17 +77,34 @@ def test_parametric_loss_refuses_bad_targets_and_shapes() -> None:
         ParametricLoss(3, ce_weight=1.5)
 
 
-def test_untrained_teacher_gives_identity_coefficients_for_any_state() -> None:
-    teacher = LossTeacher(num_classes=4)
+@pytest.mark.parametrize("coefficients", ["full", "tied"])
+def test_untrained_teacher_gives_identity_coefficients_for_any_state(coefficients) -> None:
+    teacher = LossTeacher(num_classes=4, coefficients=coefficients)
     for _ in range(3):
         weight, bias = teacher(torch.randn(len(TEACHER_FEATURES)))
         torch.testing.assert_close(weight, torch.eye(4))
         torch.testing.assert_close(bias, torch.zeros(4))
 
 
-def test_teacher_sets_each_state_of_a_batch_as_it_sets_that_state_alone() -> None:
+def test_tied_teacher_sets_one_diagonal_and_one_off_diagonal_value() -> None:
     torch.manual_seed(0)
-    teacher = LossTeacher(num_classes=4)
+    teacher = LossTeacher(num_classes=4, coefficients="tied")
+    with torch.no_grad():
+        teacher.head.weight.normal_()
+    weights, biases = teacher(torch.rand(3, len(TEACHER_FEATURES)))
+    off_diagonal = ~torch.eye(4, dtype=torch.bool)
+    for weight, bias in zip(weights, biases, strict=True):
+        assert torch.unique(weight.diagonal()).numel() == 1
+        assert torch.unique(weight[off_diagonal]).numel() == 1
+        assert weight[0, 0] != weight[0, 1] and torch.unique(bias).numel() == 4
+    with pytest.raises(ValueError, match="coefficients must be 'full' or 'tied', got 'diagonal'"):
+        LossTeacher(num_classes=4, coefficients="diagonal")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("coefficients", ["full", "tied"])
+def test_teacher_sets_each_state_of_a_batch_as_it_sets_that_state_alone(coefficients) -> None:
+    torch.manual_seed(0)
+    teacher = LossTeacher(num_classes=4, coefficients=coefficients)
     with torch.no_grad():
         teacher.head.weight.normal_()  # away from the identity it starts at
     states = teacher_features(torch.rand(6), torch.rand(4), torch.rand(4))
@@ -115,7 +132,12 @@ def test_teacher_round_trips_through_the_registry(tmp_path) -> None:
     assert callback.teacher.loss.ce_weight == 0.25
     with pytest.raises(ValueError, match=r"ce_weight=0.25 \(given 0.5\)"):
         LossTeacherCallback(pretrained=str(tmp_path / "t"), ce_weight=0.5)
+    with pytest.raises(ValueError, match=r"coefficients='tied' \(given 'full'\)"):
+        LossTeacherCallback(pretrained=str(tmp_path / "t"), coefficients="full")
+    assert LossTeacherCallback(pretrained="teacher-mnist").teacher.coefficients == "full"
 
+
+UNTRAINED_BASE = torch.tensor([1.0, 0.0])  # W_0 of a fresh (tied) teacher: diagonal, off-diagonal
 
 STUDENTS = {  # a student and the shape of its inputs; the CNN's reads them by `DataConvolutions`
     "mlp": (lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)), (4,)),
@@ -126,14 +148,18 @@ STUDENTS = {  # a student and the shape of its inputs; the CNN's reads them by `
 }
 
 
+@pytest.mark.parametrize("coefficients", ["full", "tied"])
 @pytest.mark.parametrize("architecture", list(STUDENTS))
 @pytest.mark.parametrize("inner", [SGD(lr=0.5, momentum=0.9), Adam(lr=0.05)], ids=["sgd", "adam"])
-def test_teacher_hypergradient_matches_finite_differences(inner, architecture) -> None:
+def test_teacher_hypergradient_matches_finite_differences(
+    inner, architecture, coefficients
+) -> None:
     torch.manual_seed(0)
     network, input_shape = STUDENTS[architecture]
     student = network().double()
     forward = student_forward(student)
-    teacher = LossTeacher(num_classes=3, hidden_size=4, ce_weight=0.2).double()
+    teacher = LossTeacher(num_classes=3, hidden_size=4, ce_weight=0.2, coefficients=coefficients)
+    teacher = teacher.double()
     with torch.no_grad():  # away from the zero-initialised output layer
         for param in teacher.parameters():
             param.add_(0.3 * torch.randn_like(param))
@@ -298,7 +324,7 @@ def test_replay_reproduces_the_students_real_updates(optimizer, lr, accumulate) 
     assert len(check.pairs) == 8 // accumulate
     for logged, real in check.pairs:
         assert logged == pytest.approx(real, rel=1e-5)
-    assert not torch.equal(teacher.teacher.base_weight, torch.eye(3))  # the teacher learned
+    assert not torch.equal(teacher.teacher.base_weight, UNTRAINED_BASE)  # the teacher learned
 
 
 @pytest.mark.parametrize("table_entries", [2**20, 24, 1])
@@ -394,12 +420,12 @@ def test_resume_mid_window_continues_identically(tmp_path) -> None:
         strict=True,
     ):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-    assert not torch.equal(teacher_a.teacher.base_weight, torch.eye(3))
+    assert not torch.equal(teacher_a.teacher.base_weight, UNTRAINED_BASE)
 
 
 def test_bf16_autocast_trains_and_updates_the_teacher(tmp_path) -> None:
     model, teacher = fit_taught(tmp_path, 1, precision="bf16-mixed")
-    assert not torch.equal(teacher.teacher.base_weight, torch.eye(3))
+    assert not torch.equal(teacher.teacher.base_weight, UNTRAINED_BASE)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -33,7 +33,7 @@ from lightning_automl.teaching.replay import (
     joined_dev_batches,
     taught_loss_fn,
 )
-from lightning_automl.teaching.teacher import LossTeacher, teacher_features
+from lightning_automl.teaching.teacher import Coefficients, LossTeacher, teacher_features
 
 __all__ = ["LossTeacherCallback", "first_validation_batches"]
 
@@ -106,8 +106,10 @@ class LossTeacherCallback(Callback):
             for a fresh teacher.
         num_classes: The student's number of classes (a fresh teacher needs it).
         hidden_size: Hidden width of a fresh teacher (default 32).
-        ce_weight: Cross-entropy's weight in the loss of a fresh teacher (default 0.5). With
-            ``pretrained`` these three come from its card; a value passed must equal it.
+        ce_weight: Cross-entropy's weight in the loss of a fresh teacher (default 0.5).
+        coefficients: ``"tied"`` (default) or ``"full"``: the coefficients a fresh teacher sets
+            (`LossTeacher`). With ``pretrained`` these four come from its card; a value passed
+            must equal it.
         unroll_steps: ``K``: student updates each hypergradient goes back through (the
             truncation).
         update_every_n_steps: Optimizer steps between teacher updates, ``>= unroll_steps``.
@@ -135,9 +137,10 @@ class LossTeacherCallback(Callback):
         num_classes: int | None = None,
         hidden_size: int | None = None,
         ce_weight: float | None = None,
+        coefficients: Coefficients | None = None,
         unroll_steps: int = 10,
         update_every_n_steps: int = 50,
-        teacher_lr: float = 0.01,
+        teacher_lr: float = 3e-4,
         dev_batches: int = 8,
         dev_join_samples: int = DEV_JOIN_SAMPLES,
         dev_objective: DevObjective = "cross_entropy",
@@ -161,7 +164,9 @@ class LossTeacherCallback(Callback):
         if checkpoint_every is not None:
             check_positive_int("checkpoint_every", checkpoint_every)
         check_bool("frozen", frozen)
-        self.teacher = LossTeacher.build(pretrained, num_classes, hidden_size, ce_weight, seed)
+        self.teacher = LossTeacher.build(
+            pretrained, num_classes, hidden_size, ce_weight, coefficients, seed
+        )
         self.unroll_steps = unroll_steps
         self.update_every_n_steps = update_every_n_steps
         self.teacher_lr = float(teacher_lr)
@@ -398,14 +403,19 @@ class LossTeacherCallback(Callback):
             param.grad = trainer.strategy.reduce(grad, reduce_op="mean")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        weight, bias = self.teacher.base_weight, self.teacher.base_bias
+        with torch.no_grad():
+            weight, bias = self.teacher(self.features(trainer.global_step))
+        diagonal = weight.diagonal()
+        classes = self.teacher.num_classes
         pl_module.log_dict(
             {
                 "teacher/dev_objective": trainer.strategy.reduce(
                     result.objective, reduce_op="mean"
                 ),
-                "teacher/weight_diagonal": weight.detach().diagonal().mean(),
-                "teacher/bias": bias.detach().mean(),
+                "teacher/weight_diagonal": diagonal.mean(),
+                "teacher/weight_off_diagonal": (weight.sum() - diagonal.sum())
+                / (classes**2 - classes),
+                "teacher/bias": bias.mean(),
             },
             on_step=True,
             on_epoch=False,

@@ -29,7 +29,12 @@ from lightning_automl.teaching.replay import (
     taught_loss_fn,
 )
 from lightning_automl.teaching.students import Architecture, student_network
-from lightning_automl.teaching.teacher import TEACHER_FEATURES, LossTeacher, teacher_features
+from lightning_automl.teaching.teacher import (
+    TEACHER_FEATURES,
+    Coefficients,
+    LossTeacher,
+    teacher_features,
+)
 
 __all__ = ["LossTeacherTrainModule"]
 
@@ -70,6 +75,8 @@ class LossTeacherTrainModule(LightningModule):
         pretrained: A teacher to fine-tune (shipped name or saved path); ``None``: a fresh one.
         hidden_size: Hidden width of a fresh teacher (default 32).
         ce_weight: Cross-entropy's weight in the taught loss of a fresh teacher (default 0.5).
+        coefficients: ``"tied"`` (default) or ``"full"``: the coefficients a fresh teacher sets
+            (`LossTeacher`).
         student_lr: The students' SGD learning rate.
         student_momentum: The students' SGD momentum.
         episode_steps: Student steps per episode (the length of the runs it will teach).
@@ -98,6 +105,7 @@ class LossTeacherTrainModule(LightningModule):
         pretrained: str | None = None,
         hidden_size: int | None = None,
         ce_weight: float | None = None,
+        coefficients: Coefficients | None = None,
         student_lr: float = 0.05,
         student_momentum: float = 0.9,
         episode_steps: int = 1600,
@@ -137,7 +145,9 @@ class LossTeacherTrainModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.teacher = LossTeacher.build(pretrained, num_classes, hidden_size, ce_weight, seed)
+        self.teacher = LossTeacher.build(
+            pretrained, num_classes, hidden_size, ce_weight, coefficients, seed
+        )
         # The student's structure only: its tensors live in the episode state, not as parameters.
         with torch.device("meta"):
             self.__dict__["student"] = student_network(architecture, num_classes)
