@@ -12,11 +12,17 @@ from lightning_automl.teaching.callback import LossTeacherCallback
 from lightning_automl.teaching.mixin import LossTeacherMixin
 from lightning_automl.teaching.parametric_loss import ParametricLoss, Reduction
 from lightning_automl.teaching.replay import DevObjective, dev_objective
-from lightning_automl.teaching.teacher import TEACHER_FEATURES, LossTeacher, teacher_features
+from lightning_automl.teaching.teacher import (
+    TEACHER_FEATURES,
+    Coefficients,
+    LossTeacher,
+    teacher_features,
+)
 from lightning_automl.teaching.train_module import LossTeacherTrainModule
 
 __all__ = [
     "TEACHER_FEATURES",
+    "Coefficients",
     "DevObjective",
     "LossTeacher",
     "LossTeacherCallback",
