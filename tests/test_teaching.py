@@ -246,11 +246,12 @@ def test_dev_batches_are_joined_up_to_the_term_size_in_order() -> None:
 
 
 @pytest.mark.parametrize(("join", "sizes"), [(DEV_JOIN_SAMPLES, [24]), (16, [16, 8]), (0, [8] * 3)])
-def test_callback_joins_its_dev_batches_as_told(join, sizes) -> None:
+def test_callback_joins_its_dev_batches_as_told_for_the_objective_only(join, sizes) -> None:
     teacher = LossTeacherCallback(num_classes=3, dev_batches=3, dev_join_samples=join)
     trainer = quiet_trainer(max_steps=1, callbacks=[teacher], num_sanity_val_steps=0)
     trainer.fit(TinyTaughtClassifier(), TinyDataModule())
-    assert [len(target) for _, target in teacher._dev] == sizes
+    assert [len(target) for _, target in teacher._dev_joined] == sizes
+    assert [len(target) for _, target in teacher._dev] == [8] * 3  # the features': as loaded
 
 
 def test_cnn_student_runs_channels_last_and_computes_what_the_default_layout_does() -> None:

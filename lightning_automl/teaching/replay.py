@@ -36,8 +36,9 @@ DevObjective = Literal["cross_entropy", "smooth_error"]
 Pair = tuple[Any, Tensor]  # (inputs, class targets)
 
 DEV_JOIN_SAMPLES = 512
-"""The teachers' default for the most samples in one batch of `joined_dev_batches`: a small
-student's forward and backward passes cost per call (four dev batches of 128 took a teacher
+"""The teachers' default for the most samples in one batch of `joined_dev_batches`, for the dev
+objective (the features keep the batches as loaded): a small student's forward and backward
+passes cost per call (four dev batches of 128 took a teacher
 update of the MLP about 6 % longer than one of 512), while `core.unroll.hypergradient` holds one
 such batch's graph, its activations included, at a time."""
 

@@ -90,8 +90,8 @@ class LossTeacherTrainModule(LightningModule):
         teacher_lr: The teacher's learning rate.
         teacher_max_grad_norm: Clip the hypergradient's norm to this (``None``: no clipping).
         dev_batches: Validation batches (the first ones) forming the dev set.
-        dev_join_samples: As `LossTeacherCallback`'s: dev batches are joined into batches of up
-            to this many samples (0 keeps them as they come).
+        dev_join_samples: As `LossTeacherCallback`'s: for the dev objective, dev batches are
+            joined into batches of up to this many samples (0 keeps them as they come).
         dev_objective: ``"cross_entropy"`` or ``"smooth_error"``.
         smooth_error_sharpness: ``k`` of the smooth error.
         feature_decay: Decay of the moving average of the training batches' features.
@@ -153,7 +153,8 @@ class LossTeacherTrainModule(LightningModule):
             self.__dict__["student"] = student_network(architecture, num_classes)
         self.train_features = ExponentialMovingAverage(feature_decay)
         self.episode: dict[str, Any] | None = None
-        self.dev: list[tuple[Tensor, Tensor]] = []
+        self.dev: list[tuple[Tensor, Tensor]] = []  # as loaded: the features' dev set
+        self.dev_joined: list[tuple[Tensor, Tensor]] = []  # `joined_dev_batches`: the objective's
         self.refresh_period = refresh_every_n_steps or unroll_steps
 
     def save_pretrained(self, path: str | os.PathLike[str], **card_fields: Any) -> PretrainedCard:
@@ -180,7 +181,8 @@ class LossTeacherTrainModule(LightningModule):
         batches = first_validation_batches(
             self.trainer, self.hparams["dev_batches"], type(self).__name__
         )
-        self.dev = joined_dev_batches(batches, self.hparams["dev_join_samples"])
+        self.dev = batches
+        self.dev_joined = joined_dev_batches(batches, self.hparams["dev_join_samples"])
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if self.episode is None:
@@ -291,7 +293,7 @@ class LossTeacherTrainModule(LightningModule):
         objective = dev_objective_fn(
             student,
             episode["buffers"],
-            self.dev,
+            self.dev_joined,
             hparams["dev_objective"],
             hparams["smooth_error_sharpness"],
         )
