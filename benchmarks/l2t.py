@@ -18,8 +18,8 @@ interleaved, one thread, the default allocator) and the peak memory, measured in
 as the growth of its peak resident set (with every large block mapped on its own).
 `hypergradient` gets the dev set as the callback does: its batches of 128 joined, when it is
 loaded, into batches of up to 512 (`teaching.replay.joined_dev_batches`; one objective term each,
-differentiated in turn), so one term here; the peer evaluates the 512 images at once. The three
-hypergradients are checked to agree.
+differentiated in turn), so one term here; the peer evaluates the 512 images at once. Each
+hypergradient's relative difference from torchopt's is recorded (`relative_difference`).
 
     python benchmarks/l2t.py            # the full run (see the docs for its time)
     python benchmarks/l2t.py --quick    # smoke run, small budget
