@@ -353,7 +353,7 @@ class LossTeacherCallback(Callback):
             first = refreshed + (step - refreshed) // block * block
             steps = torch.arange(first, min(first + block, refreshed + period))
             weights, biases = self.teacher(self.features(steps))
-            # One pair of views per step: a list lookup costs the student's step nothing.
+            # One pair of views per step, read by a list lookup (not a tensor index) per step.
             table = self._coefficients = (first, list(zip(weights, biases, strict=True)))
         return table[1][step - table[0]]
 

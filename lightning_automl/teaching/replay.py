@@ -38,9 +38,9 @@ Pair = tuple[Any, Tensor]  # (inputs, class targets)
 DEV_JOIN_SAMPLES = 512
 """The teachers' default for the most samples in one batch of `joined_dev_batches`, for the dev
 objective (the features keep the batches as loaded): a small student's forward and backward
-passes cost per call (four dev batches of 128 took a teacher
-update of the MLP about 6 % longer than one of 512), while `core.unroll.hypergradient` holds one
-such batch's graph, its activations included, at a time."""
+passes cost per call (four dev batches of 128 took a teacher update of the MLP about 6 % longer
+than one of 512), while `core.unroll.hypergradient` holds one such batch's graph, its
+activations included, at a time."""
 
 
 def check_dev_objective(kind: object, sharpness: object) -> None:
