@@ -228,13 +228,13 @@ class LossTeacherCallback(Callback):
         self.teacher.to(pl_module.device)
         self._total_steps = self._training_length(trainer)
         self._dev = self._load_dev_batches(trainer, pl_module)
-        self._dev_joined = joined_dev_batches(self._dev, self.dev_join_samples)
         self._last_step = trainer.global_step
-        if not self.frozen:
+        if not self.frozen:  # a frozen teacher never evaluates the dev objective
             if len(trainer.optimizers) != 1:
                 count = len(trainer.optimizers)
                 raise ValueError(f"LossTeacherCallback replays one student optimizer, got {count}")
             inner_optimizer(trainer.optimizers[0])  # refuses an update rule it cannot replay
+            self._dev_joined = joined_dev_batches(self._dev, self.dev_join_samples)
         self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=self.teacher_lr)
         if self._pending_optimizer_state is not None:
             self.optimizer.load_state_dict(self._pending_optimizer_state)
