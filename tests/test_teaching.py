@@ -63,6 +63,47 @@ def test_parametric_loss_uses_column_y_of_w_and_entry_y_of_b() -> None:
     torch.testing.assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ce_weight", [0.0, 0.3, 1.0])
+def test_constant_coefficients_take_the_closed_form_gradient_of_the_same_loss(
+    ce_weight, reduction
+) -> None:
+    logits = (3 * torch.randn(9, 4, dtype=torch.float64)).requires_grad_()
+    target = torch.tensor([0, 3, 1, 1, 2, 3, 0, 2, 2])
+    weight = torch.eye(4, dtype=torch.float64) + 0.2 * torch.randn(4, 4, dtype=torch.float64)
+    bias = 0.3 * torch.randn(4, dtype=torch.float64)
+    loss = ParametricLoss(4, ce_weight)
+    closed_form = loss(logits, target, weight, bias, reduction)
+    operators = loss(logits, target, weight.requires_grad_(), bias.requires_grad_(), reduction)
+    assert type(closed_form.grad_fn).__name__ == "ConstantCoefficientLossBackward"
+    assert type(operators.grad_fn).__name__ != "ConstantCoefficientLossBackward"
+    torch.testing.assert_close(closed_form, operators, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(operators)
+    (expected,) = torch.autograd.grad(operators, logits, upstream)
+    (actual,) = torch.autograd.grad(closed_form, logits, upstream)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_closed_form_gradient_refuses_to_be_differentiated_again() -> None:
+    logits = torch.randn(4, 3, requires_grad=True)
+    loss = ParametricLoss(3)(logits, torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(RuntimeError, match=r"cannot be differentiated again \(create_graph=True\)"):
+        torch.autograd.grad(loss, logits, create_graph=True)
+
+
+def test_closed_form_loss_of_bfloat16_logits_is_computed_in_float32() -> None:
+    logits = torch.randn(6, 3).bfloat16().requires_grad_()
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    weight, bias = torch.eye(3) + 0.1 * torch.randn(3, 3), 0.1 * torch.randn(3)
+    loss = ParametricLoss(3)(logits, target, weight, bias)
+    (grad,) = torch.autograd.grad(loss, logits)
+    as_float = logits.detach().float().requires_grad_()
+    expected = ParametricLoss(3)(as_float, target, weight.requires_grad_(), bias)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, as_float)[0].bfloat16())
+
+
 def test_parametric_loss_refuses_bad_targets_and_shapes() -> None:
     loss = ParametricLoss(3)
     with pytest.raises(ValueError, match=r"class indices in \[0, 3\), got values from 0 to 3"):
