@@ -11,7 +11,7 @@ from torch.autograd.function import FunctionCtx
 
 from lightning_automl.core.validation import check_number, check_positive_int
 
-__all__ = ["ParametricLoss", "Reduction"]
+__all__ = ["ConstantCoefficientLoss", "ParametricLoss", "Reduction"]
 
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS = get_args(Reduction)
