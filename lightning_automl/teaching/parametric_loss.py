@@ -137,7 +137,7 @@ class ConstantCoefficientLoss(torch.autograd.Function):
     ) -> Tensor:
         dtype = torch.promote_types(logits.dtype, torch.float32)
         z = logits.to(dtype)
-        shifted = z - z.amax(1, keepdim=True)
+        shifted = z - z.amax(1, keepdim=True)  # log-softmax by hand: its exp also gives p
         exp = shifted.exp()
         total = exp.sum(1, keepdim=True)
         log_probs = shifted - total.log()
