@@ -120,6 +120,19 @@ def test_stacked_losses_equal_the_losses_one_by_one(family):
     torch.testing.assert_close(stacked, one_by_one)
 
 
+def test_mlp_init_std_draws_every_weight_and_bias_from_a_normal():
+    default = small_mlp_family(hidden=200).sample(seeded(0)).initial_params()
+    normal = small_mlp_family(hidden=200, init_std=0.01).sample(seeded(0)).initial_params()
+    assert default.keys() == normal.keys()
+    bound = 1 / 16**0.5  # nn.Linear's uniform init of the first layer (16 inputs)
+    assert default["hidden0.weight"].abs().max() <= bound
+    assert default["hidden0.weight"].std() > 0.1
+    for name, value in normal.items():
+        assert value.shape == default[name].shape
+        assert 0.005 < value.std() < 0.02, name
+    assert normal["hidden0.weight"].std() == pytest.approx(0.01, rel=0.1)  # 3,200 draws
+
+
 def test_bad_family_arguments_are_refused():
     with pytest.raises(ValueError, match="dim must be a positive integer, got 0"):
         QuadraticFamily(dim=0)
@@ -131,6 +144,9 @@ def test_bad_family_arguments_are_refused():
         small_mlp_family(depth=0)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\) \(num_classes\)"):
         small_mlp_family(num_classes=2)
+    for init_std in (0.0, -0.01, float("nan")):
+        with pytest.raises(ValueError, match="init_std must be a positive number or None"):
+            small_mlp_family(init_std=init_std)
     with pytest.raises(ValueError, match="inputs must be a non-empty floating-point tensor"):
         MLPFamily(torch.zeros(4, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"labels must be integer class indices of shape \(4,\)"):

@@ -215,7 +215,9 @@ class MLPFamily(TaskFamily):
     The paper's task is MNIST with one hidden layer of 20 sigmoid units and minibatches of 128;
     its generalisation tests change the width, the depth and the activation. The weights and
     biases of each layer are drawn from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, as
-    ``nn.Linear`` initialises them; each task also draws the seed of its minibatch stream.
+    ``nn.Linear`` initialises them, or from ``N(0, init_std^2)`` if ``init_std`` is given (the
+    authors' code draws them from ``N(0, 0.01^2)``); each task also draws the seed of its
+    minibatch stream.
 
     Args:
         inputs: ``(N, ...)`` floating-point training inputs, flattened to ``(N, features)``
@@ -226,6 +228,8 @@ class MLPFamily(TaskFamily):
         depth: Number of hidden layers.
         activation: ``"sigmoid"``, ``"relu"`` or ``"tanh"``.
         batch_size: Examples per minibatch.
+        init_std: Standard deviation of a normal init of all weights and biases; ``None`` for
+            ``nn.Linear``'s uniform init.
     """
 
     def __init__(
@@ -237,6 +241,7 @@ class MLPFamily(TaskFamily):
         depth: int = 1,
         activation: Activation = "sigmoid",
         batch_size: int = 128,
+        init_std: float | None = None,
     ) -> None:
         for name, value in [
             ("num_classes", num_classes),
@@ -247,6 +252,8 @@ class MLPFamily(TaskFamily):
             check_positive_int(name, value)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if init_std is not None and not (math.isfinite(init_std) and init_std > 0):
+            raise ValueError(f"init_std must be a positive number or None, got {init_std!r}")
         if not inputs.is_floating_point() or inputs.dim() < 2 or len(inputs) == 0:
             raise ValueError(
                 "inputs must be a non-empty floating-point tensor of shape (N, ...), got "
@@ -269,6 +276,7 @@ class MLPFamily(TaskFamily):
         self.depth = depth
         self.activation: Activation = activation
         self.batch_size = batch_size
+        self.init_std = init_std
 
     def sample(self, generator: torch.Generator) -> MLPTask:
         widths = [self.inputs.size(1)] + [self.hidden] * self.depth + [self.num_classes]
@@ -277,8 +285,11 @@ class MLPFamily(TaskFamily):
         for name, fan_in, fan_out in zip(names, widths[:-1], widths[1:], strict=True):
             bound = 1.0 / math.sqrt(fan_in)
             for suffix, shape in [("weight", (fan_out, fan_in)), ("bias", (fan_out,))]:
-                uniform = torch.rand(shape, generator=generator) * (2 * bound) - bound
-                initial_params[f"{name}.{suffix}"] = uniform.to(self.inputs)
+                if self.init_std is None:
+                    value = torch.rand(shape, generator=generator) * (2 * bound) - bound
+                else:
+                    value = torch.randn(shape, generator=generator) * self.init_std
+                initial_params[f"{name}.{suffix}"] = value.to(self.inputs)
         return MLPTask(
             initial_params,
             self.inputs,

@@ -27,7 +27,10 @@ class MNISTMLPFamily(MLPFamily):
         depth: Number of hidden layers (1 in the paper).
         activation: ``"sigmoid"`` (the paper's), ``"relu"`` or ``"tanh"``.
         batch_size: Examples per minibatch (128 in the paper).
-        normalize: Standardise the pixels, as `MNISTDataModule` does by default.
+        normalize: Standardise the pixels, as `MNISTDataModule` does by default. The authors'
+            code keeps them in [0, 1].
+        init_std: Standard deviation of a normal init of all weights and biases (the authors'
+            code: 0.01); ``None`` for ``nn.Linear``'s uniform init. See `MLPFamily`.
         download: Download the files missing from ``data_dir`` first.
     """
 
@@ -39,13 +42,21 @@ class MNISTMLPFamily(MLPFamily):
         activation: Activation = "sigmoid",
         batch_size: int = 128,
         normalize: bool = True,
+        init_std: float | None = None,
         download: bool = False,
     ) -> None:
         mnist = MNISTDataModule(data_dir=data_dir, download=download, normalize=normalize)
         mnist.prepare_data()
         images, labels, _, _ = mnist.load_tensors()
         super().__init__(
-            images, labels, MNISTDataModule.num_classes, hidden, depth, activation, batch_size
+            images,
+            labels,
+            MNISTDataModule.num_classes,
+            hidden,
+            depth,
+            activation,
+            batch_size,
+            init_std,
         )
         self.data_dir = data_dir
         self.normalize = normalize
