@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_automl.core.validation import check_positive_int
+from lightning_automl.core.validation import check_number, check_positive_int
 
 __all__ = [
     "MLPFamily",
@@ -252,8 +252,10 @@ class MLPFamily(TaskFamily):
             check_positive_int(name, value)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if init_std is not None and not (math.isfinite(init_std) and init_std > 0):
-            raise ValueError(f"init_std must be a positive number or None, got {init_std!r}")
+        if init_std is not None:
+            check_number(
+                "init_std", init_std, "a positive number or None", lambda s: 0 < s < math.inf
+            )
         if not inputs.is_floating_point() or inputs.dim() < 2 or len(inputs) == 0:
             raise ValueError(
                 "inputs must be a non-empty floating-point tensor of shape (N, ...), got "
