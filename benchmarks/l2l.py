@@ -70,16 +70,18 @@ REPORT_STEPS = (100, 200)
 SPEED_SIZES = (10**4, 10**5, 10**6)
 
 
-def problems(data_dir: str) -> dict[str, tuple[TaskFamily, str]]:
-    """Name -> (task family, shipped optimizer that is evaluated on it)."""
+def problems(data_dir: str) -> dict[str, tuple[TaskFamily, str | None, range]]:
+    """Name -> (task family, shipped optimizer that is evaluated on it, evaluation seeds)."""
+    mnist = MNISTMLPFamily(data_dir)
+    relu = MNISTMLPFamily(data_dir, activation="relu")
     return {
-        "quadratic": (QuadraticFamily(dim=10), "l2l-quadratic"),
-        "mnist": (MNISTMLPFamily(data_dir), "l2l-mnist"),
-        "mnist_40_units": (MNISTMLPFamily(data_dir, hidden=40), "l2l-mnist"),
-        "mnist_2_layers": (MNISTMLPFamily(data_dir, depth=2), "l2l-mnist"),
-        "mnist_relu": (MNISTMLPFamily(data_dir, activation="relu"), "l2l-mnist"),
-        "mnist_mixed_on_sigmoid": (MNISTMLPFamily(data_dir), "l2l-mnist-mixed"),
-        "mnist_mixed_on_relu": (MNISTMLPFamily(data_dir, activation="relu"), "l2l-mnist-mixed"),
+        "quadratic": (QuadraticFamily(dim=10), "l2l-quadratic", EVALUATION_SEEDS),
+        "mnist": (mnist, "l2l-mnist", MNIST_EVALUATION_SEEDS),
+        "mnist_40_units": (MNISTMLPFamily(data_dir, hidden=40), "l2l-mnist", EVALUATION_SEEDS),
+        "mnist_2_layers": (MNISTMLPFamily(data_dir, depth=2), "l2l-mnist", EVALUATION_SEEDS),
+        "mnist_relu": (relu, "l2l-mnist", EVALUATION_SEEDS),
+        "mnist_mixed_on_sigmoid": (mnist, "l2l-mnist-mixed", EVALUATION_SEEDS),
+        "mnist_mixed_on_relu": (relu, "l2l-mnist-mixed", EVALUATION_SEEDS),
     }
 
 
@@ -227,12 +229,10 @@ def main() -> None:
     torch.manual_seed(0)
     families = problems(str(args.data_dir / "mnist"))
     if args.quick:  # the code path only: no shipped weights needed
-        families = {name: (family, None) for name, (family, _) in families.items()}
+        families = {name: (family, None, seeds) for name, (family, _, seeds) in families.items()}
     results = {
-        name: compare(
-            family, pre, MNIST_EVALUATION_SEEDS if name == "mnist" else EVALUATION_SEEDS, args.quick
-        )
-        for name, (family, pre) in families.items()
+        name: compare(family, pre, seeds, args.quick)
+        for name, (family, pre, seeds) in families.items()
     }
     step = 10 if args.quick else REPORT_STEPS[0]
     learned = {name: results[name]["l2l"][f"mean_at_{step}"] for name in results}
