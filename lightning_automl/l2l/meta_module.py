@@ -34,7 +34,7 @@ from lightning_automl.l2l.unroll import (
     run_unroll,
     start_inner_loop,
 )
-from lightning_automl.optim.coordinate_lstm import build_coordinate_lstm
+from lightning_automl.optim.typed_lstm import TypedCoordinateLSTM, build_l2l_network, type_segments
 
 __all__ = ["INNER_LOOP_KEY", "L2LMetaModule"]
 
@@ -104,6 +104,11 @@ class L2LMetaModule(LightningModule):
         num_layers: Stacked LSTM layers (``None``: the card's, else 2).
         preprocess_p: ``p`` of the gradient preprocessing (``None``: the card's, else 10).
         output_scale: Constant factor on the network's output (``None``: the card's, else 0.1).
+        parameter_types: ``{fnmatch pattern: type}`` of the tasks' parameter names: one network
+            per type (`TypedCoordinateLSTM`, the paper's section 3.3), e.g. ``{"hidden*":
+            "hidden", "output*": "output"}`` for `MLPFamily`. From a shared ``pretrained``
+            network, every type starts as a copy of it. ``None``: the card's, if it has them,
+            else one network for all coordinates.
         second_order: Differentiate through the gradient inputs too (the paper does not).
         num_val_tasks: Held-out tasks of the validation loop (0: no validation).
         val_seed: Seed of the held-out tasks; it must differ from every rank's training seed.
@@ -123,6 +128,7 @@ class L2LMetaModule(LightningModule):
         num_layers: int | None = None,
         preprocess_p: float | None = None,
         output_scale: float | None = None,
+        parameter_types: dict[str, str] | None = None,
         second_order: bool = False,
         num_val_tasks: int = 0,
         val_seed: int = 1_000_000,
@@ -163,8 +169,8 @@ class L2LMetaModule(LightningModule):
         self.num_val_tasks = num_val_tasks
         self.val_seed = val_seed
         self.seed = seed
-        self.network = build_coordinate_lstm(
-            pretrained, hidden_size, num_layers, preprocess_p, output_scale, seed
+        self.network = build_l2l_network(
+            pretrained, hidden_size, num_layers, preprocess_p, output_scale, parameter_types, seed
         )
         self._generator: torch.Generator | None = None
         self._generator_state_before_tasks: Tensor | None = None
@@ -183,6 +189,10 @@ class L2LMetaModule(LightningModule):
         return self._state
 
     def setup(self, stage: str) -> None:
+        if isinstance(self.network, TypedCoordinateLSTM):  # every name has a type, or fail now
+            task = self.family.sample(torch.Generator().manual_seed(self.val_seed))
+            named_sizes = [(name, value.numel()) for name, value in task.initial_params().items()]
+            type_segments(named_sizes, self.network.parameter_types)
         training_seeds = range(self.seed, self.seed + self.trainer.world_size)
         if self.num_val_tasks and self.val_seed in training_seeds:
             raise ValueError(

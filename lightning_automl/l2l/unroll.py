@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lightning_automl.core.tasks import Task
-from lightning_automl.optim.coordinate_lstm import CoordinateLSTM
+from lightning_automl.optim.typed_lstm import L2LNetwork, TypedCoordinateLSTM
 
 __all__ = [
     "InnerState",
@@ -59,6 +59,13 @@ class ParallelTasks:
         self._names = [list(params) for params in initial]
         self.task_sizes = [sum(math.prod(shape) for shape in shapes) for shapes in self._shapes]
         """Coordinates per task."""
+        self.named_sizes = [
+            (name, math.prod(shape))
+            for names, shapes in zip(self._names, self._shapes, strict=True)
+            for name, shape in zip(names, shapes, strict=True)
+        ]
+        """``(parameter name, coordinates)`` of every parameter of every task, in ``theta``'s
+        order: what a `TypedCoordinateLSTM` reads the types from."""
         classes = {type(task) for task in self.tasks}
         self._task_class = classes.pop() if len(classes) == 1 else Task
 
@@ -143,7 +150,7 @@ def _losses_and_gradient(
     return (losses if tracked else losses.detach()), grad
 
 
-def start_inner_loop(network: CoordinateLSTM, tasks: ParallelTasks) -> tuple[InnerState, Tensor]:
+def start_inner_loop(network: L2LNetwork, tasks: ParallelTasks) -> tuple[InnerState, Tensor]:
     """The state at ``theta_0`` (zero LSTM states) and the losses ``f(theta_0)``, ``(K,)``."""
     theta = tasks.initial_theta()
     losses, grad = _losses_and_gradient(tasks, theta)
@@ -152,7 +159,7 @@ def start_inner_loop(network: CoordinateLSTM, tasks: ParallelTasks) -> tuple[Inn
 
 
 def inner_step(
-    network: CoordinateLSTM, tasks: ParallelTasks, state: InnerState, second_order: bool = False
+    network: L2LNetwork, tasks: ParallelTasks, state: InnerState, second_order: bool = False
 ) -> tuple[Tensor, InnerState]:
     """One update ``theta_{t+1} = theta_t + g_t``; the losses ``f(theta_{t+1})`` and the new state.
 
@@ -160,14 +167,17 @@ def inner_step(
     reproduces the same trajectory there. With ``second_order`` the gradient inputs keep their
     graph, so that the meta-gradient includes the second derivatives the paper drops.
     """
-    update, hidden, cell = network(state.grad, state.hidden, state.cell)  # (N,), states
+    if isinstance(network, TypedCoordinateLSTM):
+        update, hidden, cell = network(state.grad, state.hidden, state.cell, tasks.named_sizes)
+    else:
+        update, hidden, cell = network(state.grad, state.hidden, state.cell)  # (N,), states
     theta = state.theta + update.to(state.theta.dtype)
     losses, grad = _losses_and_gradient(tasks, theta, second_order)
     return losses, InnerState(theta, grad, hidden, cell, state.step + 1)
 
 
 def run_unroll(
-    network: CoordinateLSTM,
+    network: L2LNetwork,
     tasks: ParallelTasks,
     state: InnerState,
     num_steps: int,
@@ -186,7 +196,7 @@ def run_unroll(
     return torch.stack(losses), state
 
 
-def loss_curve(network: CoordinateLSTM, tasks: ParallelTasks, num_steps: int) -> Tensor:
+def loss_curve(network: L2LNetwork, tasks: ParallelTasks, num_steps: int) -> Tensor:
     """The losses ``f(theta_t)``, ``t = 0..num_steps``, under the frozen network: ``(T + 1, K)``.
 
     No meta-gradient is kept; this also runs inside Lightning's validation (inference mode).

@@ -9,14 +9,15 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, overload
 
 import torch
 from torch.optim.optimizer import Optimizer, ParamsT, StateDict
 
 from lightning_automl.core.validation import check_bool
-from lightning_automl.optim.coordinate_lstm import build_coordinate_lstm
+from lightning_automl.optim.coordinate_lstm import CoordinateLSTM
+from lightning_automl.optim.typed_lstm import TypedCoordinateLSTM, build_l2l_network, parameter_type
 
 __all__ = ["LSTMOptimizer"]
 
@@ -70,9 +71,10 @@ def _write_back(pieces: list[torch.Tensor], joined: torch.Tensor) -> None:
 class LSTMOptimizer(Optimizer):
     """The coordinatewise LSTM optimizer of L2L: ``theta_{t+1} = theta_t + g_t``.
 
-    ``(g_t, h_{t+1}) = m(grad_t, h_t; phi)`` with ``m`` a `CoordinateLSTM` (section 2). Each
-    step concatenates the gradients of all parameters that have one into a single batch and runs
-    ``m`` on it, `CHUNK_ROWS` coordinates per call (no loop over parameters); each call updates
+    ``(g_t, h_{t+1}) = m(grad_t, h_t; phi)`` with ``m`` a `CoordinateLSTM` (section 2), or one
+    per parameter type (`TypedCoordinateLSTM`, section 3.3). Each step concatenates the
+    gradients of all parameters (of a type) that have one into a single batch and runs ``m`` on
+    it, `CHUNK_ROWS` coordinates per call (no loop over parameters); each call updates
     the hidden and cell states of its coordinates in place, where they are kept
     (`CoordinateLSTM.update_`).
 
@@ -98,6 +100,11 @@ class LSTMOptimizer(Optimizer):
             else 10).
         output_scale: Constant factor on the network's output (``None``: the card's, else 0.1).
             A value given with ``pretrained`` must equal the card's.
+        parameter_types: ``{fnmatch pattern: type}``: one network per type of parameter
+            (`TypedCoordinateLSTM`, the paper's section 3.3), each parameter's name matching
+            exactly one pattern; ``params`` must then be named (``model.named_parameters()``).
+            ``None``: the card's, if it has them, else one network for all coordinates. With a
+            typed card, patterns given here replace the card's and must name its types.
         skip_nonfinite: On NaN or inf gradients, skip the step (no update, state unchanged) and
             count it in `skipped_steps` instead of raising ``FloatingPointError``.
         seed: Seed of the random weights (without ``pretrained``); they do not depend on the
@@ -112,6 +119,7 @@ class LSTMOptimizer(Optimizer):
         num_layers: int | None = None,
         preprocess_p: float | None = None,
         output_scale: float | None = None,
+        parameter_types: Mapping[str, str] | None = None,
         skip_nonfinite: bool = False,
         seed: int = 0,
     ) -> None:
@@ -119,13 +127,44 @@ class LSTMOptimizer(Optimizer):
         if not param_list:
             raise ValueError("params must hold at least one tensor or param group, got none")
         check_bool("skip_nonfinite", skip_nonfinite)
-        self.network = build_coordinate_lstm(
-            pretrained, hidden_size, num_layers, preprocess_p, output_scale, seed
+        self.network = build_l2l_network(
+            pretrained, hidden_size, num_layers, preprocess_p, output_scale, parameter_types, seed
         )
         super().__init__(param_list, defaults={})
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
         """Steps skipped because of NaN or inf gradients (with ``skip_nonfinite``)."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; with a typed network, its parameters' names must give their types.
+
+        Raises:
+            ValueError: The network is typed and a parameter has no name, or its name matches
+                no pattern of the network's ``parameter_types``, or several.
+        """
+        super().add_param_group(param_group)
+        if isinstance(self.network, TypedCoordinateLSTM):
+            self._parameter_types(self.param_groups[-1])
+
+    def _parameter_types(self, group: dict[str, Any]) -> list[str | None]:
+        """The type of each parameter of ``group`` (``None`` for all with a shared network)."""
+        network = self.network
+        if not isinstance(network, TypedCoordinateLSTM):
+            return [None] * len(group["params"])
+        if "param_names" not in group:
+            raise ValueError(
+                f"this LSTMOptimizer has one network per parameter type ({network.types}, "
+                f"by parameter_types {network.parameter_types}): pass named parameters, e.g. "
+                "LSTMOptimizer(model.named_parameters(), ...), so that each name gives its type"
+            )
+        return [parameter_type(name, network.parameter_types) for name in group["param_names"]]
+
+    def _network(self, kind: str | None) -> CoordinateLSTM:
+        """The network that updates the parameters of type ``kind``."""
+        if isinstance(self.network, TypedCoordinateLSTM):
+            assert kind is not None
+            return self.network.network(kind)
+        return self.network
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -147,39 +186,50 @@ class LSTMOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, grads = [], []
+        by_type: dict[str | None, list[torch.Tensor]] = {}
         for group in self.param_groups:
-            for param in group["params"]:
+            for param, kind in zip(group["params"], self._parameter_types(group), strict=True):
                 if param.grad is not None:
                     if param.grad.is_sparse or param.is_complex():
                         raise RuntimeError(
                             "LSTMOptimizer supports dense gradients of real parameters only"
                         )
-                    params.append(param)
-                    grads.append(param.grad)
-        if not params:
+                    by_type.setdefault(kind, []).append(param)
+        if not by_type:
             return loss
-        flat_grad = torch.cat([grad.reshape(-1) for grad in grads])  # (N,)
+        flat_grads = {
+            kind: torch.cat([param.grad.reshape(-1) for param in params])  # type: ignore[union-attr]
+            for kind, params in by_type.items()
+        }  # (N_type,) each
         # A finite sum (one pass) proves every entry finite; otherwise check them one by one.
-        if not (flat_grad.sum().isfinite() or torch.isfinite(flat_grad).all()):
+        if not all(
+            flat.sum().isfinite() or torch.isfinite(flat).all() for flat in flat_grads.values()
+        ):
             if self.skip_nonfinite:
                 self.skipped_steps += 1
                 return loss
             raise FloatingPointError(self._nonfinite_message())
+        for kind, params in by_type.items():
+            self._update(self._network(kind), params, flat_grads[kind])
+        return loss
 
+    def _update(
+        self, network: CoordinateLSTM, params: list[torch.Tensor], flat_grad: torch.Tensor
+    ) -> None:
+        """Update ``params`` by ``network`` from their concatenated gradients, as one batch."""
         for param in params:
             state = self.state[param]
             if not state:
-                state["hidden"], state["cell"] = self.network.initial_state(
+                state["hidden"], state["cell"] = network.initial_state(
                     param.numel(), dtype=param.dtype, device=param.device
                 )
-        if self.network.head.weight.device != flat_grad.device:
+        if network.head.weight.device != flat_grad.device:
             self.network.to(flat_grad.device)
         sizes = [param.numel() for param in params]
         states = [self.state[param] for param in params]
-        dtype = self.network.dtype
-        inputs = self.network.features(flat_grad)  # (2, N)
-        weights = self.network.layer_weights(candidate_scale=2.0)
+        dtype = network.dtype
+        inputs = network.features(flat_grad)  # (2, N)
+        weights = network.layer_weights(candidate_scale=2.0)
         update = torch.empty_like(flat_grad, dtype=dtype)
         start = 0
         for pieces in _chunks(sizes, CHUNK_ROWS):
@@ -188,14 +238,11 @@ class LSTMOptimizer(Optimizer):
             chunk = slice(start, start + sum(rows.stop - rows.start for _, rows in pieces))
             start = chunk.stop
             joined_hidden, joined_cell = _joined(hidden, dtype), _joined(cell, dtype)
-            update[chunk] = self.network.update_(
-                inputs[:, chunk], joined_hidden, joined_cell, weights
-            )
+            update[chunk] = network.update_(inputs[:, chunk], joined_hidden, joined_cell, weights)
             _write_back(hidden, joined_hidden)
             _write_back(cell, joined_cell)
         for param, param_update in zip(params, update.split(sizes), strict=True):
             param.add_(param_update.view_as(param))
-        return loss
 
     def _nonfinite_message(self) -> str:
         for group_index, group in enumerate(self.param_groups):
