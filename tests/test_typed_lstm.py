@@ -186,3 +186,31 @@ def test_a_typed_card_refuses_other_types_and_meta_training_checks_names_first(
     module = L2LMetaModule(small_mlp_family(), parameter_types={"hidden*": "hidden"})
     with pytest.raises(ValueError, match=r"parameter 'output.weight' must match exactly one"):
         quiet_trainer(max_steps=1).fit(module)
+
+
+def test_output_factors_multiply_each_copys_updates():
+    shared = CoordinateLSTM(output_scale=0.3).double()
+    typed = TypedCoordinateLSTM.from_shared(shared, MLP_TYPES, {"hidden": 0.5, "output": 3.0})
+    model, reference = mlp(), mlp()
+    optimizer = LSTMOptimizer(model.named_parameters(), parameter_types=MLP_TYPES, output_scale=0.3)
+    optimizer.network.double().load_state_dict(typed.state_dict())
+    baseline = LSTMOptimizer(reference.parameters(), output_scale=0.3)
+    baseline.network.double().load_state_dict(shared.state_dict())
+    start = copy.deepcopy(model.state_dict())
+    train(model, optimizer, steps=1)
+    train(reference, baseline, steps=1)
+    for name, factor in [("0.weight", 0.5), ("0.bias", 0.5), ("2.weight", 3.0), ("2.bias", 3.0)]:
+        update = model.state_dict()[name] - start[name]
+        torch.testing.assert_close(update, factor * (reference.state_dict()[name] - start[name]))
+
+
+def test_output_factors_need_a_shared_pretrained_network_and_every_type(tmp_path, monkeypatch):
+    CoordinateLSTM().save_pretrained(tmp_path / "l2l-toy")
+    monkeypatch.setattr(registry, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(ValueError, match=r"output_factors scale the copies of a shared pretrained"):
+        L2LMetaModule(small_mlp_family(), parameter_types=TASK_TYPES, output_factors={"a": 1.0})
+    with pytest.raises(ValueError, match=r"output_factors must map each type of \['hidden', 'out"):
+        L2LMetaModule(
+            small_mlp_family(), pretrained="l2l-toy", parameter_types=TASK_TYPES,
+            output_factors={"hidden": 0.5},
+        )  # fmt: skip

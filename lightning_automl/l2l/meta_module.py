@@ -109,6 +109,10 @@ class L2LMetaModule(LightningModule):
             "hidden", "output*": "output"}`` for `MLPFamily`. From a shared ``pretrained``
             network, every type starts as a copy of it. ``None``: the card's, if it has them,
             else one network for all coordinates.
+        output_factors: ``{type: factor}``: each type's copy of a shared ``pretrained``
+            network starts with its updates multiplied by its factor (e.g. smaller steps for
+            the hidden layers, larger for the output layer); only with such a ``pretrained``
+            and ``parameter_types``.
         second_order: Differentiate through the gradient inputs too (the paper does not).
         num_val_tasks: Held-out tasks of the validation loop (0: no validation).
         val_seed: Seed of the held-out tasks; it must differ from every rank's training seed.
@@ -129,6 +133,7 @@ class L2LMetaModule(LightningModule):
         preprocess_p: float | None = None,
         output_scale: float | None = None,
         parameter_types: dict[str, str] | None = None,
+        output_factors: dict[str, float] | None = None,
         second_order: bool = False,
         num_val_tasks: int = 0,
         val_seed: int = 1_000_000,
@@ -170,7 +175,14 @@ class L2LMetaModule(LightningModule):
         self.val_seed = val_seed
         self.seed = seed
         self.network = build_l2l_network(
-            pretrained, hidden_size, num_layers, preprocess_p, output_scale, parameter_types, seed
+            pretrained,
+            hidden_size,
+            num_layers,
+            preprocess_p,
+            output_scale,
+            parameter_types,
+            output_factors,
+            seed,
         )
         self._generator: torch.Generator | None = None
         self._generator_state_before_tasks: Tensor | None = None

@@ -128,7 +128,13 @@ class LSTMOptimizer(Optimizer):
             raise ValueError("params must hold at least one tensor or param group, got none")
         check_bool("skip_nonfinite", skip_nonfinite)
         self.network = build_l2l_network(
-            pretrained, hidden_size, num_layers, preprocess_p, output_scale, parameter_types, seed
+            pretrained,
+            hidden_size,
+            num_layers,
+            preprocess_p,
+            output_scale,
+            parameter_types,
+            seed=seed,
         )
         super().__init__(param_list, defaults={})
         self.skip_nonfinite = skip_nonfinite

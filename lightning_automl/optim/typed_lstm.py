@@ -15,6 +15,7 @@ References:
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "L2LNetwork",
     "TypedCoordinateLSTM",
     "build_l2l_network",
+    "check_output_factors",
     "check_parameter_types",
     "parameter_type",
     "type_segments",
@@ -60,6 +62,23 @@ def check_parameter_types(parameter_types: object) -> None:
             "parameter_types must be a non-empty dict from fnmatch patterns of parameter names "
             f"to type names (non-empty strings), e.g. {{'hidden*': 'hidden', 'output*': "
             f"'output'}}, got {parameter_types!r}"
+        )
+
+
+def check_output_factors(output_factors: object, types: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``output_factors`` maps each of ``types`` to a finite number
+    > 0."""
+    if (
+        not isinstance(output_factors, Mapping)
+        or sorted(output_factors) != sorted(types)
+        or not all(
+            isinstance(factor, int | float) and 0 < factor < math.inf
+            for factor in output_factors.values()
+        )
+    ):
+        raise ValueError(
+            f"output_factors must map each type of {list(types)} to a finite number > 0, got "
+            f"{output_factors!r}"
         )
 
 
@@ -134,12 +153,24 @@ class TypedCoordinateLSTM(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_shared(
-        cls, network: CoordinateLSTM, parameter_types: Mapping[str, str]
+        cls,
+        network: CoordinateLSTM,
+        parameter_types: Mapping[str, str],
+        output_factors: Mapping[str, float] | None = None,
     ) -> TypedCoordinateLSTM:
-        """Every type starts as a copy of ``network`` (the same update rule, before training)."""
+        """Every type starts as a copy of ``network``: the same update rule, before training,
+        or, with ``output_factors`` (``{type: factor}``), that type's copy's updates multiplied
+        by its factor (its linear output's weight and bias are)."""
         typed = cls(parameter_types, **network.pretrained_config())
-        for copy in typed.networks.values():
+        if output_factors is not None:
+            check_output_factors(output_factors, typed.types)
+        for kind in typed.types:
+            copy = typed.network(kind)
             copy.load_state_dict(network.state_dict())
+            if output_factors is not None:
+                with torch.no_grad():
+                    copy.head.weight.mul_(output_factors[kind])
+                    copy.head.bias.mul_(output_factors[kind])
         return typed.to(network.dtype)
 
     def pretrained_config(self) -> dict[str, Any]:
@@ -203,15 +234,17 @@ def build_l2l_network(
     preprocess_p: float | None = None,
     output_scale: float | None = None,
     parameter_types: Mapping[str, str] | None = None,
+    output_factors: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> L2LNetwork:
     """The network of an L2L optimizer: random, or the pretrained one ``pretrained`` names.
 
     Shared by all coordinates (a `CoordinateLSTM`, see `build_coordinate_lstm`) unless
     ``parameter_types`` is given or the card has them: then a `TypedCoordinateLSTM`. A shared
-    pretrained network with ``parameter_types`` gives each type a copy of it, to fine-tune;
-    ``parameter_types`` given with a typed card replace its patterns, and must name the card's
-    types.
+    pretrained network with ``parameter_types`` gives each type a copy of it, to fine-tune,
+    its output multiplied by the type's ``output_factors`` if given (`from_shared`; only then
+    may they be given). ``parameter_types`` given with a typed card replace its patterns, and
+    must name the card's types.
 
     Raises:
         ValueError: A config value is out of range.
@@ -222,16 +255,24 @@ def build_l2l_network(
     if parameter_types is not None:
         check_parameter_types(parameter_types)
     card_types = None if pretrained is None else read_card(pretrained).config.get("parameter_types")
+    from_shared = card_types is None and pretrained is not None and parameter_types is not None
+    if output_factors is not None and not from_shared:
+        raise ValueError(
+            "output_factors scale the copies of a shared pretrained network that "
+            "parameter_types turn into one network per type: give them with such a pretrained "
+            f"and parameter_types, or leave them out (got pretrained={pretrained!r}, "
+            f"parameter_types={parameter_types!r})"
+        )
     if card_types is None and parameter_types is None:
         return build_coordinate_lstm(
             pretrained, hidden_size, num_layers, preprocess_p, output_scale, seed
         )
-    if card_types is None and pretrained is not None:
+    if from_shared:
         shared = build_coordinate_lstm(
             pretrained, hidden_size, num_layers, preprocess_p, output_scale, seed
         )
         assert parameter_types is not None
-        return TypedCoordinateLSTM.from_shared(shared, parameter_types)
+        return TypedCoordinateLSTM.from_shared(shared, parameter_types, output_factors)
     given: dict[str, Any] = {
         "hidden_size": hidden_size,
         "num_layers": num_layers,
