@@ -1,11 +1,10 @@
 """`TypedCoordinateLSTM`: one coordinatewise LSTM per type of parameter.
 
 In the paper's CIFAR-10 experiment (section 3.3) the optimizer has two LSTMs, one for the
-convolutional layers and one for the fully connected ones: each is still coordinatewise, with
-weights shared by the coordinates of its parameters and a state per coordinate, "but LSTM
-weights are now shared only between parameters of the same type". Here a parameter's type is
-named by the pattern its name matches, e.g. ``{"hidden*": "hidden", "output*": "output"}`` gives
-an MLP's hidden layers one network and its output layer another.
+convolutional layers and one for the fully connected ones: each is still coordinatewise, with a
+state per coordinate, but its weights are shared only by the parameters of its type. Here a
+parameter's type is named by the pattern its name matches, e.g. ``{"hidden*": "hidden",
+"output*": "output"}`` gives an MLP's hidden layers one network and its output layer another.
 
 References:
     M. Andrychowicz et al. Learning to learn by gradient descent by gradient descent.
