@@ -18,10 +18,9 @@ half-decade grid that gives the lowest mean loss at step 100 on tuning tasks sep
 evaluation tasks (10; 100 for ``mnist``). Reported: the mean (and std) of the training loss
 ``f(theta_t)`` on the step's minibatch at steps 100 and 200, and on ``mnist`` the mean and
 standard error of the learned optimizer's loss minus tuned NAG's, task by task (and on
-``mnist_layers``). Speed: the time
-of one ``step()`` against ``torch.optim.Adam`` for 1e4, 1e5 and 1e6 parameters, and the LSTM's
-achieved GFLOP/s (its matrix products, counted) as a fraction of a ``torch.matmul`` measured in
-the same run.
+``mnist_layers``). Speed: the time of one ``step()`` against ``torch.optim.Adam`` for 1e4, 1e5
+and 1e6 parameters, and the LSTM's achieved GFLOP/s (its matrix products, counted) as a
+fraction of a ``torch.matmul`` measured in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/l2l.py   # the full run, as committed (see the docs)
     python benchmarks/l2l.py --quick    # smoke run, small budget; needs no shipped weights

@@ -203,8 +203,7 @@ class L2LMetaModule(LightningModule):
     def setup(self, stage: str) -> None:
         if isinstance(self.network, TypedCoordinateLSTM):  # every name has a type, or fail now
             task = self.family.sample(torch.Generator().manual_seed(self.val_seed))
-            named_sizes = [(name, value.numel()) for name, value in task.initial_params().items()]
-            type_segments(named_sizes, self.network.parameter_types)
+            type_segments(ParallelTasks([task]).named_sizes, self.network.parameter_types)
         training_seeds = range(self.seed, self.seed + self.trainer.world_size)
         if self.num_val_tasks and self.val_seed in training_seeds:
             raise ValueError(

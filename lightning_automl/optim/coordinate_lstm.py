@@ -28,6 +28,7 @@ __all__ = [
     "LayerWeights",
     "build_coordinate_lstm",
     "check_coordinate_lstm_config",
+    "checked_config",
     "preprocess_gradient",
 ]
 
@@ -219,6 +220,28 @@ def _gates(weights: LayerWeights, inputs: Tensor, hidden: Tensor) -> Tensor:
     return torch.addmm(bias, w_ih, inputs).addmm_(w_hh, hidden)
 
 
+def checked_config(
+    hidden_size: int | None,
+    num_layers: int | None,
+    preprocess_p: float | None,
+    output_scale: float | None,
+) -> dict[str, Any]:
+    """The config arguments as given (``None``: not given), for `build_component`.
+
+    Raises:
+        ValueError: A given value is out of range.
+    """
+    given = {
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "preprocess_p": preprocess_p,
+        "output_scale": output_scale,
+    }
+    config = {key: value for key, value in given.items() if value is not None}
+    check_coordinate_lstm_config(**{**PAPER_CONFIG, **config})
+    return given
+
+
 def build_coordinate_lstm(
     pretrained: str | None = None,
     hidden_size: int | None = None,
@@ -238,13 +261,6 @@ def build_coordinate_lstm(
         PretrainedError: ``pretrained`` is unknown, fails its checksum, or its card disagrees
             with a given value.
     """
-    given = {
-        "hidden_size": hidden_size,
-        "num_layers": num_layers,
-        "preprocess_p": preprocess_p,
-        "output_scale": output_scale,
-    }
-    config = {key: value for key, value in given.items() if value is not None}
-    check_coordinate_lstm_config(**{**PAPER_CONFIG, **config})
+    given = checked_config(hidden_size, num_layers, preprocess_p, output_scale)
     check_non_negative_int("seed", seed)
     return build_component(CoordinateLSTM, pretrained, given, PAPER_CONFIG, seed)

@@ -32,7 +32,7 @@ from lightning_automl.optim.coordinate_lstm import (
     PAPER_CONFIG,
     CoordinateLSTM,
     build_coordinate_lstm,
-    check_coordinate_lstm_config,
+    checked_config,
 )
 
 __all__ = [
@@ -272,14 +272,7 @@ def build_l2l_network(
         )
         assert parameter_types is not None
         return TypedCoordinateLSTM.from_shared(shared, parameter_types, output_factors)
-    given: dict[str, Any] = {
-        "hidden_size": hidden_size,
-        "num_layers": num_layers,
-        "preprocess_p": preprocess_p,
-        "output_scale": output_scale,
-    }
-    config = {key: value for key, value in given.items() if value is not None}
-    check_coordinate_lstm_config(**{**PAPER_CONFIG, **config})
+    given = checked_config(hidden_size, num_layers, preprocess_p, output_scale)
     if pretrained is None:
         given["parameter_types"] = parameter_types
     typed = build_component(TypedCoordinateLSTM, pretrained, given, PAPER_CONFIG, seed)
