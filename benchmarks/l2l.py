@@ -18,9 +18,10 @@ half-decade grid that gives the lowest mean loss at step 100 on tuning tasks sep
 evaluation tasks (10; 100 for ``mnist``). Reported: the mean (and std) of the training loss
 ``f(theta_t)`` on the step's minibatch at steps 100 and 200, and on ``mnist`` the mean and
 standard error of the learned optimizer's loss minus tuned NAG's, task by task (and on
-``mnist_layers``). Speed: the time of one ``step()`` against ``torch.optim.Adam`` for 1e4, 1e5
-and 1e6 parameters, and the LSTM's achieved GFLOP/s (its matrix products, counted) as a
-fraction of a ``torch.matmul`` measured in the same run.
+``mnist_layers``). Problems on the same tasks (``mnist`` and ``mnist_layers``, for example)
+share one tuning and run of the baselines. Speed: the time of one ``step()`` against
+``torch.optim.Adam`` for 1e4, 1e5 and 1e6 parameters, and the LSTM's achieved GFLOP/s (its
+matrix products, counted) as a fraction of a ``torch.matmul`` measured in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/l2l.py   # the full run, as committed (see the docs)
     python benchmarks/l2l.py --quick    # smoke run, small budget; needs no shipped weights
@@ -139,25 +140,31 @@ def summary(curves: list[list[float]], steps: tuple[int, ...]) -> dict:
     }
 
 
-def compare(family: TaskFamily, pretrained: str | None, seeds: range, quick: bool) -> dict:
-    """The learned optimizer and the tuned baselines on the evaluation tasks ``seeds``."""
-    steps = (10, 20) if quick else REPORT_STEPS
-    tuning_seeds, evaluation_seeds = (range(2), range(100, 102)) if quick else (TUNING_SEEDS, seeds)
-    grid = LR_GRID[::4] if quick else LR_GRID
+def tuned_baselines(
+    family: TaskFamily, tuning_seeds: range, grid: list[float], seeds: range, steps: tuple[int, ...]
+) -> dict:
+    """Each baseline with the learning rate of ``grid`` best at ``steps[0]`` on ``tuning_seeds``,
+    run on the evaluation tasks ``seeds``."""
     result = {}
     for name in BASELINES:
         lr = tuned_lr(family, name, tuning_seeds, grid, steps[0])
         curves = [
             loss_curve(family, s, lambda p, n=name, r=lr: BASELINES[n](p, r), steps[-1])
-            for s in evaluation_seeds
+            for s in seeds
         ]
         result[name] = {"lr": lr, **summary(curves, steps)}
+    return result
+
+
+def run_learned(
+    family: TaskFamily, pretrained: str | None, seeds: range, steps: tuple[int, ...]
+) -> dict:
+    """The shipped learned optimizer ``pretrained`` on the evaluation tasks ``seeds``."""
     curves = [
         loss_curve(family, s, lambda p: LSTMOptimizer(p, pretrained=pretrained), steps[-1])
-        for s in evaluation_seeds
+        for s in seeds
     ]
-    result["l2l"] = {"pretrained": pretrained or "untrained", **summary(curves, steps)}
-    return result
+    return {"pretrained": pretrained or "untrained", **summary(curves, steps)}
 
 
 def paired_difference(result: dict, baseline: str, step: int) -> dict:
@@ -239,11 +246,19 @@ def main() -> None:
     families = problems(str(args.data_dir / "mnist"))
     if args.quick:  # the code path only: no shipped weights needed
         families = {name: (family, None, seeds) for name, (family, _, seeds) in families.items()}
-    results = {
-        name: compare(family, pre, seeds, args.quick)
-        for name, (family, pre, seeds) in families.items()
-    }
-    step = 10 if args.quick else REPORT_STEPS[0]
+    steps = (10, 20) if args.quick else REPORT_STEPS
+    tuning_seeds, grid = (range(2), LR_GRID[::4]) if args.quick else (TUNING_SEEDS, LR_GRID)
+    baselines: dict[tuple[int, range], dict] = {}  # problems on the same tasks share them
+    results = {}
+    for name, (family, pretrained, seeds) in families.items():
+        seeds = range(100, 102) if args.quick else seeds
+        if (id(family), seeds) not in baselines:
+            baselines[id(family), seeds] = tuned_baselines(family, tuning_seeds, grid, seeds, steps)
+        results[name] = {
+            **baselines[id(family), seeds],
+            "l2l": run_learned(family, pretrained, seeds, steps),
+        }
+    step = steps[0]
     learned = {name: results[name]["l2l"][f"mean_at_{step}"] for name in results}
     targets = [
         target(f"l2l_below_{baseline}_at_{step}_{name}", learned[name], tuned, "<")
@@ -256,7 +271,6 @@ def main() -> None:
         for name in ("mnist_40_units", "mnist_2_layers")
         for tuned in [results[name]["adam"][f"mean_at_{step}"]]
     ]
-    steps = (10, 20) if args.quick else REPORT_STEPS
     for name in ("mnist", "mnist_layers"):
         results[f"{name}_l2l_minus_nag"] = {
             f"at_{t}": paired_difference(results[name], "nag", t) for t in steps
