@@ -81,4 +81,4 @@ def test_the_recipe_builds_the_papers_setup(repo_root, tmp_path, family):
     assert (module.family.hidden, module.family.depth) == (20, 1)
     assert (module.family.activation, module.family.batch_size) == ("sigmoid", 128)
     assert (module.horizon, module.unroll, module.meta_lr) == (100, 20, 1e-3)
-    assert module.network.output_scale == 0.1 and module.network.preprocess_p == 5.0
+    assert module.network.output_scale == 0.1 and module.network.preprocess_p == 4.0

@@ -90,7 +90,7 @@ class CoordinateLSTM(PretrainedMixin, nn.Module):
         hidden_size: Units per LSTM layer (20 in the paper).
         num_layers: Stacked LSTM layers (2 in the paper).
         preprocess_p: ``p`` of the gradient preprocessing (10 in the paper's text; 5 in the
-            authors' code for MNIST, and in ``l2l-mnist``).
+            authors' code for MNIST; 4 in ``l2l-mnist``).
         output_scale: Constant factor on the linear output (0.1 for MNIST in the paper).
     """
 
